@@ -1,0 +1,298 @@
+"""HTTP routes. Only protocol work happens here: validation, mapping to pool jobs, encoding, headers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from tts_server import __version__
+from tts_server.api.errors import ApiError, api_error_from_pool
+from tts_server.api.schemas import (
+    SPEED_MAX,
+    SPEED_MIN,
+    ErrorResponse,
+    HealthResponse,
+    InfoResponse,
+    ProbeResponse,
+    SynthesizeRequest,
+    VoiceModel,
+    VoicesResponse,
+    WorkersModel,
+)
+from tts_server.inference.audio import FORMATS, SUPPORTED_SAMPLE_RATES, encode, resample, to_int16, wav_stream_header
+from tts_server.inference.pool import (
+    DeadlineExceeded,
+    JobCancelled,
+    JobFailed,
+    JobHandle,
+    NotReady,
+    Overloaded,
+    PoolError,
+    SynthesisOutcome,
+)
+
+if TYPE_CHECKING:
+    from tts_server.api.app import AppState
+
+log = logging.getLogger("tts_server.api")
+
+router = APIRouter()
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorResponse, "description": "Request body too large."},
+    422: {"model": ErrorResponse, "description": "Invalid request; the message names the field and allowed values."},
+    500: {"model": ErrorResponse, "description": "Internal error (details are logged, never returned)."},
+    503: {"model": ErrorResponse, "description": "Overloaded or not ready; see the Retry-After header."},
+    504: {"model": ErrorResponse, "description": "Synthesis did not finish before the deadline."},
+}
+
+STREAMABLE = ("wav", "pcm")
+
+
+def _state(request: Request) -> AppState:
+    state: AppState = request.app.state.tts
+    return state
+
+
+def _request_id(request: Request) -> str:
+    rid: str = request.scope.get("state", {}).get("request_id", "-")
+    return rid
+
+
+def _outcome_label(exc: PoolError | ApiError) -> str:
+    if isinstance(exc, ApiError):
+        return "client_error" if exc.status < 500 else "server_error"
+    if isinstance(exc, Overloaded | NotReady):
+        return "rejected"
+    if isinstance(exc, DeadlineExceeded):
+        return "timeout"
+    if isinstance(exc, JobCancelled):
+        return "cancelled"
+    if isinstance(exc, JobFailed) and exc.client_error:
+        return "client_error"
+    return "server_error"
+
+
+async def _wait_disconnect(request: Request) -> None:
+    # The body has been read, so the next message on the channel is the disconnect.
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _result_or_disconnect(request: Request, handle: JobHandle, state: AppState) -> SynthesisOutcome:
+    result = asyncio.ensure_future(handle.result())
+    gone = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        # The server cancelled the handler (e.g. the connection was torn down).
+        state.pool.cancel(handle)
+        raise
+    finally:
+        gone.cancel()
+    if not result.done():
+        state.pool.cancel(handle)
+        result.cancel()
+        raise JobCancelled("client disconnected")
+    return result.result()
+
+
+def _resolve(body: SynthesizeRequest, state: AppState) -> tuple[str, str, int]:
+    """Voice, emotion and output sample rate after defaults, or a 422 that names what is allowed."""
+    voices = state.pool.voices
+    if not voices:
+        raise NotReady(5, "no worker is ready")
+    voice = body.voice or next(iter(voices))
+    info = voices.get(voice)
+    if info is None:
+        raise ApiError(422, f"unknown voice {voice!r}; available voices: {', '.join(voices)}",
+                       type_="invalid_request_error", code="unknown_voice", param="voice")
+    emotion = body.emotion or info.default_emotion
+    if emotion not in info.emotions:
+        raise ApiError(422, f"voice {voice!r} has no emotion {emotion!r}; choose one of: {', '.join(info.emotions)}",
+                       type_="invalid_request_error", code="unknown_emotion", param="emotion")
+    limit = state.settings.limits.max_text_chars
+    if len(body.text) > limit:
+        raise ApiError(422, f"text is {len(body.text)} characters; the limit is {limit}",
+                       type_="invalid_request_error", code="text_too_long", param="text")
+    rate = body.sample_rate or info.sample_rate
+    spec = FORMATS[body.format]
+    allowed = spec.rates or SUPPORTED_SAMPLE_RATES
+    if rate not in allowed:
+        raise ApiError(422, f"sample_rate {rate} is not supported for {body.format}; choose one of: "
+                       f"{', '.join(map(str, allowed))}", type_="invalid_request_error",
+                       code="unsupported_sample_rate", param="sample_rate")
+    if body.stream and body.format not in STREAMABLE:
+        raise ApiError(422, f"streaming supports formats {', '.join(STREAMABLE)}, not {body.format}",
+                       type_="invalid_request_error", code="unsupported_stream_format", param="format")
+    return voice, emotion, rate
+
+
+@router.post(
+    "/v1/synthesize",
+    summary="Synthesise speech",
+    response_class=Response,
+    responses={200: {"content": {spec.media_type: {} for spec in FORMATS.values()},
+                     "description": "Audio in the requested format. Headers: X-Sample-Rate, X-Audio-Duration, "
+                                    "X-Request-Id."}, **_ERRORS},
+    tags=["synthesis"],
+)
+async def synthesize(body: SynthesizeRequest, request: Request) -> Response:
+    state = _state(request)
+    started = time.monotonic()
+    request_id = _request_id(request)
+    voice = body.voice or "-"
+    emotion = body.emotion or "-"
+    try:
+        voice, emotion, rate = _resolve(body, state)
+        handle = state.pool.submit(text=body.text, voice=voice, emotion=emotion, speed=body.speed,
+                                   request_id=request_id, stream=body.stream)
+        if body.stream:
+            return await _stream(request, body, handle, state, voice, emotion, rate, started)
+        outcome = await _result_or_disconnect(request, handle, state)
+    except (PoolError, ApiError) as exc:
+        _count_failure(state, exc, voice, emotion)
+        raise
+    t_enc = time.perf_counter()
+    audio = await asyncio.to_thread(_encode, outcome.audio, outcome.sample_rate, rate, body.format)
+    state.metrics.encode.observe(time.perf_counter() - t_enc)
+    state.metrics.observe_synthesis(outcome, len(body.text))
+    state.metrics.requests.labels(voice, emotion, "ok").inc()
+    state.metrics.request_duration.labels("/v1/synthesize", body.format, "false").observe(
+        time.monotonic() - started)
+    spec = FORMATS[body.format]
+    log.info("request %s: %d chars -> %.2fs audio (queue %.3fs, inference %.3fs)", request_id, len(body.text),
+             outcome.audio_seconds, outcome.queue_wait_seconds, outcome.inference_seconds)
+    return Response(audio, media_type=spec.media_type, headers={
+        "X-Sample-Rate": str(rate),
+        "X-Audio-Duration": f"{outcome.audio_seconds:.3f}",
+        "Content-Disposition": f'inline; filename="tts-{request_id[:16]}.{spec.extension}"',
+    })
+
+
+def _encode(audio: np.ndarray[Any, np.dtype[np.float32]], src_rate: int, rate: int, fmt: str) -> bytes:
+    return encode(resample(audio, src_rate, rate), rate, fmt)
+
+
+def _count_failure(state: AppState, exc: PoolError | ApiError, voice: str, emotion: str) -> None:
+    outcome = _outcome_label(exc)
+    if isinstance(exc, Overloaded):
+        state.metrics.rejected.labels("queue_full").inc()
+    elif isinstance(exc, NotReady):
+        state.metrics.rejected.labels("not_ready").inc()
+    elif isinstance(exc, ApiError) and exc.status == 422:
+        state.metrics.rejected.labels("invalid").inc()
+    voices = state.pool.voices
+    if voice in voices and emotion in voices[voice].emotions:
+        # Only known label values: client-supplied strings never become label values.
+        state.metrics.requests.labels(voice, emotion, outcome).inc()
+
+
+async def _stream(request: Request, body: SynthesizeRequest, handle: JobHandle, state: AppState, voice: str,
+                  emotion: str, rate: int, started: float) -> Response:
+    chunks = handle.chunks()
+    # Wait for the first sentence so that errors before any audio still get a proper status code.
+    try:
+        first = await chunks.__anext__()
+    except StopAsyncIteration:
+        first = None
+    except asyncio.CancelledError:
+        state.pool.cancel(handle)
+        raise
+    state.metrics.ttfa.labels("/v1/synthesize").observe(time.monotonic() - started)
+
+    async def body_iter() -> AsyncIterator[bytes]:
+        try:
+            if body.format == "wav":
+                yield wav_stream_header(rate)
+            if first is not None:
+                yield to_int16(resample(first.audio, first.sample_rate, rate)).astype("<i2").tobytes()
+            async for chunk in chunks:
+                yield to_int16(resample(chunk.audio, chunk.sample_rate, rate)).astype("<i2").tobytes()
+            outcome = await handle.result()
+        except PoolError as exc:
+            # Headers are gone: the only honest signal left for raw audio is to cut the connection.
+            _count_failure(state, exc, voice, emotion)
+            log.warning("request %s: stream failed after first byte: %s", handle.job.request_id,
+                        api_error_from_pool(exc).message)
+            raise
+        finally:
+            if not handle.done:
+                state.pool.cancel(handle)
+        state.metrics.observe_synthesis(outcome, len(body.text))
+        state.metrics.requests.labels(voice, emotion, "ok").inc()
+        state.metrics.request_duration.labels("/v1/synthesize", body.format, "true").observe(
+            time.monotonic() - started)
+
+    spec = FORMATS[body.format]
+    return StreamingResponse(body_iter(), media_type=spec.media_type, headers={"X-Sample-Rate": str(rate)})
+
+
+@router.get("/v1/voices", response_model=VoicesResponse, tags=["synthesis"],
+            responses={503: _ERRORS[503]}, summary="Voices and their emotions")
+async def voices(request: Request) -> VoicesResponse:
+    pool = _state(request).pool
+    if not pool.voices:
+        raise NotReady(5, "no worker is ready")
+    return VoicesResponse(
+        default_voice=next(iter(pool.voices)),
+        voices=[VoiceModel(name=v.name, emotions=list(v.emotions), default_emotion=v.default_emotion,
+                           sample_rate=v.sample_rate, preview_text=v.preview_text) for v in pool.voices.values()],
+    )
+
+
+@router.get("/v1/info", response_model=InfoResponse, tags=["synthesis"], summary="Server limits and formats")
+async def info(request: Request) -> InfoResponse:
+    settings = _state(request).settings
+    return InfoResponse(version=__version__, max_text_chars=settings.limits.max_text_chars, speed_min=SPEED_MIN,
+                        speed_max=SPEED_MAX, formats=list(FORMATS), sample_rates=list(SUPPORTED_SAMPLE_RATES))
+
+
+@router.get("/livez", response_model=ProbeResponse, tags=["health"], summary="Liveness: the process is up")
+async def livez() -> ProbeResponse:
+    return ProbeResponse(status="ok")
+
+
+@router.get("/readyz", response_model=ProbeResponse, tags=["health"],
+            responses={503: {"model": ErrorResponse, "description": "No worker ready, or draining."}},
+            summary="Readiness: a worker is ready and the server is not draining")
+async def readyz(request: Request) -> Response:
+    pool = _state(request).pool
+    if pool.ready:
+        return JSONResponse({"status": "ok"})
+    reason = "draining" if pool.draining else "no worker is ready"
+    api = api_error_from_pool(NotReady(5, reason))
+    return JSONResponse(
+        ErrorResponse.model_validate({"error": {"message": reason, "type": api.type, "code": api.code,
+                                                "param": None}}).model_dump(),
+        status_code=503, headers=api.headers)
+
+
+@router.get("/health", response_model=HealthResponse, tags=["health"], summary="Detailed health",
+            responses={503: {"model": HealthResponse, "description": "No worker is ready."}})
+async def health(request: Request) -> JSONResponse:
+    stats = _state(request).pool.stats()
+    workers = WorkersModel(total=len(stats.workers), starting=stats.count("starting"), ready=stats.count("ready"),
+                           busy=stats.count("busy"), dead=stats.count("dead"))
+    serving = workers.ready + workers.busy
+    status = "ok" if serving == workers.total and not stats.draining else ("degraded" if serving else "unavailable")
+    body = HealthResponse(status=status, model_loaded=serving > 0, draining=stats.draining, workers=workers,
+                          queue_depth=stats.queue_depth, queue_capacity=stats.queue_capacity)
+    return JSONResponse(body.model_dump(), status_code=200 if serving else 503)
+
+
+@router.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+async def metrics(request: Request) -> Response:
+    registry = _state(request).metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,95 @@
+"""Request and response bodies of the HTTP API (the OpenAPI schema is generated from these)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SPEED_MIN = 0.5
+SPEED_MAX = 2.0
+
+SynthesisFormat = Literal["wav", "pcm", "flac", "mp3", "ogg", "opus"]
+
+
+class SynthesizeRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"text": "欢迎使用语音合成服务。", "voice": "zhitian_emo", "emotion": "happy", "speed": 1.0,
+                          "format": "wav"}]
+        },
+    )
+
+    text: str = Field(..., description="Text to speak (plain Chinese text, KAN-TTS symbols or SSML).")
+    voice: str | None = Field(None, description="Voice name from GET /v1/voices; the default voice when omitted.")
+    emotion: str | None = Field(None, description="One of the voice's emotions; the voice's default when omitted.")
+    speed: float = Field(1.0, ge=SPEED_MIN, le=SPEED_MAX, description="Speaking rate multiplier.")
+    format: SynthesisFormat = Field("wav", description="Audio container: wav (16-bit PCM), pcm (raw s16le mono), "
+                                                       "flac, mp3, ogg (Vorbis) or opus (Ogg Opus).")
+    sample_rate: int | None = Field(
+        None, description="Output sample rate in Hz (resampled); the model's native rate (16000) when omitted.",
+        ge=8000, le=48000,
+    )
+    stream: bool = Field(False, description="Send audio sentence by sentence as it is synthesised (chunked).")
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("text must not be empty")
+        return value
+
+
+class VoiceModel(BaseModel):
+    name: str
+    emotions: list[str]
+    default_emotion: str
+    sample_rate: int
+    preview_text: str
+
+
+class VoicesResponse(BaseModel):
+    default_voice: str | None
+    voices: list[VoiceModel]
+
+
+class InfoResponse(BaseModel):
+    version: str
+    max_text_chars: int
+    speed_min: float
+    speed_max: float
+    formats: list[str]
+    sample_rates: list[int]
+
+
+class WorkersModel(BaseModel):
+    total: int
+    starting: int
+    ready: int
+    busy: int
+    dead: int
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "degraded", "unavailable"]
+    model_loaded: bool
+    draining: bool
+    workers: WorkersModel
+    queue_depth: int
+    queue_capacity: int
+
+
+class ProbeResponse(BaseModel):
+    status: str
+
+
+class ErrorDetail(BaseModel):
+    message: str = Field(..., description="What went wrong, in plain language.")
+    type: str = Field(..., description="Error class, e.g. invalid_request_error, overloaded_error.")
+    code: str | None = Field(None, description="Machine-readable code, e.g. queue_full, deadline_exceeded.")
+    param: str | None = Field(None, description="The request field at fault, when there is one.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,164 @@
+"""Settings: one frozen model, loaded once from a TOML file and ``TTS_`` environment variables.
+
+Precedence (highest first): explicit init kwargs, environment (``TTS_POOL__WORKERS=4``), the TOML file, defaults.
+Unknown keys anywhere are an error that names the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+DEFAULT_MODEL_ID = "iic/speech_sambert-hifigan_tts_zh-cn_16k"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    #: Seconds to finish in-flight and queued work after SIGTERM before workers are stopped.
+    drain_timeout_s: float = Field(30.0, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: Request bodies above this are rejected with 413 before they are parsed.
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+
+
+class PoolSettings(_Section):
+    workers: int = Field(2, ge=1, le=64)
+    #: Jobs waiting for a worker; one more is rejected at once with 503.
+    queue_size: int = Field(16, ge=0)
+    #: Deadline of a job from admission to result, queueing included.
+    job_timeout_s: float = Field(60.0, gt=0)
+    #: Recycle a worker after this many jobs (0 = never).
+    max_jobs_per_worker: int = Field(0, ge=0)
+    #: Recycle a worker whose resident memory exceeds this (0 = never).
+    max_worker_rss_mb: int = Field(0, ge=0)
+    #: Time a worker may take to load and warm up its engine.
+    startup_timeout_s: float = Field(300.0, gt=0)
+    #: Restart back-off: first delay, doubled per consecutive failure up to the max.
+    restart_backoff_s: float = Field(0.5, ge=0)
+    restart_backoff_max_s: float = Field(30.0, ge=0)
+    #: Consecutive failed starts (or crashes before any job completed) after which a slot is marked dead.
+    crash_loop_threshold: int = Field(5, ge=1)
+    #: Seconds a stopping worker gets between SIGTERM and SIGKILL.
+    kill_grace_s: float = Field(2.0, ge=0)
+
+
+class ModelSettings(_Section):
+    model_id: str = DEFAULT_MODEL_ID
+    #: A local model directory in the published layout; when set, nothing is downloaded.
+    model_dir: Path | None = None
+    cache_dir: Path = Path.home() / ".cache" / "tts-server"
+    #: Voices to load (empty = all voices in voices/voices.json).
+    voices: tuple[str, ...] = ()
+    #: torch intra-op threads per worker process.
+    torch_threads: int = Field(1, ge=1, le=64)
+
+    @field_validator("model_dir", "cache_dir")
+    @classmethod
+    def _expand_home(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+
+class LimitSettings(_Section):
+    max_text_chars: int = Field(500, ge=1)
+
+
+class EngineSettings(_Section):
+    #: ``sambert`` or ``package.module:factory``.
+    name: str = "sambert"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TTS_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    server: ServerSettings = ServerSettings()
+    pool: PoolSettings = PoolSettings()
+    model: ModelSettings = ModelSettings()
+    limits: LimitSettings = LimitSettings()
+    engine: EngineSettings = EngineSettings()
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.pool.restart_backoff_max_s < self.pool.restart_backoff_s:
+            raise ValueError("pool.restart_backoff_max_s must be >= pool.restart_backoff_s")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init kwargs (see load_settings) and must lose to the environment, so the
+        # environment goes first.
+        return (env_settings, init_settings)
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the offending key."""
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{loc}'")
+        else:
+            parts.append(f"'{loc}': {err['msg']}")
+    return f"invalid configuration ({source}): " + "; ".join(parts)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Load settings from an optional TOML file, the environment and explicit overrides (highest)."""
+    file_values: dict[str, Any] = {}
+    source = "defaults and environment"
+    if config_file is not None:
+        try:
+            with config_file.open("rb") as fh:
+                file_values = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from exc
+        source = str(config_file)
+    try:
+        settings = Settings(**file_values)
+        if overrides:
+            # Explicit overrides (CLI flags, tests) beat both the file and the environment.
+            merged = _deep_merge(settings.model_dump(), overrides)
+            settings = Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from exc
+    return settings

@@ -1,0 +1,193 @@
+"""Words and pinyin: jieba segmentation, pypinyin phrase-level readings, erhua, 一/不 and third-tone sandhi."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from tts_server.inference.frontend.symbols import Syllable, SyllableError, parse_pinyin
+
+logger = logging.getLogger(__name__)
+
+# CJK ideographs (basic, extension A, compatibility, extensions B and later) and 〇.
+CJK_RE = re.compile(r"[\u3007\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]+")
+
+# Words ending in 儿 where 儿 is a full syllable (a child, a son), not the erhua suffix.
+_NON_ERHUA_WORDS = frozenset(
+    "女儿 婴儿 孤儿 幼儿 健儿 男儿 胎儿 少儿 患儿 宠儿 混血儿 新生儿 孙儿 妻儿 弃儿 乳儿 早产儿 低能儿 "
+    "儿儿 育儿 托儿 产儿 侄儿 犬儿 骄儿 病儿 畸形儿 独生儿 小儿 孩儿 幼女儿 养儿 生儿 爱儿".split()
+)
+# pypinyin readings with no phone in the PinYin set, mapped to the nearest syllable that has one.
+_INTERJECTIONS = {"m": "mu", "n": "en", "ng": "en", "hm": "hen", "hng": "heng", "ê": "ei", "eh": "ei"}
+
+_DIGIT_CHARS = frozenset("零〇幺一二三四五六七八九十两")
+_NUMBER_CHARS = _DIGIT_CHARS | frozenset("百千万亿")
+
+
+@dataclass(slots=True)
+class Word:
+    """A prosodic word: syllables with the characters they came from (``chars[i]`` reads ``syllables[i]``)."""
+
+    syllables: list[Syllable]
+    chars: list[str]
+    emotion: str
+    fixed: bool = False  # reading given by the client (SSML phoneme) or spelled letters: no sandhi
+
+
+class Segmenter:
+    """jieba (one private tokenizer, initialised once, quiet) plus cached pypinyin lookups."""
+
+    def __init__(self) -> None:
+        import jieba
+
+        logging.getLogger("jieba").setLevel(logging.WARNING)
+        self._tokenizer: Any = jieba.Tokenizer()
+        with warnings.catch_warnings():
+            # jieba reaches for pkg_resources on some setuptools versions; that is its business, not ours.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self._tokenizer.initialize()
+        self._freq: dict[str, int] = self._tokenizer.FREQ
+        self._lock = threading.Lock()
+
+    def words(self, run: str) -> list[str]:
+        """Segment a run of CJK characters. Long dictionary compounds are split into their prosodic words."""
+        with self._lock:
+            raw: list[str] = self._tokenizer.lcut(run, HMM=True)
+        out: list[str] = []
+        for w in raw:
+            out.extend(self._split_compound(w))
+        return out
+
+    def _split_compound(self, word: str) -> list[str]:
+        # jieba's dictionary holds compounds such as 今天天气 or 中华人民共和国 that are read as several prosodic
+        # words; split a 4+ character word into two dictionary words of 2+ characters when it has such a split.
+        if len(word) < 4:
+            return [word]
+        best: tuple[int, int] | None = None
+        for i in range(2, len(word) - 1):
+            left, right = word[:i], word[i:]
+            score = min(self._freq.get(left, 0), self._freq.get(right, 0))
+            if score > 0 and (best is None or score > best[0]):
+                best = (score, i)
+        if best is None:
+            return [word]
+        i = best[1]
+        return self._split_compound(word[:i]) + self._split_compound(word[i:])
+
+
+@lru_cache(maxsize=65536)
+def _raw_pinyin(word: str) -> tuple[str, ...]:
+    from pypinyin import Style, lazy_pinyin
+
+    return tuple(
+        lazy_pinyin(word, style=Style.TONE3, neutral_tone_with_five=True, errors=lambda x: [""] * len(x))
+    )
+
+
+def _to_syllable(py: str) -> Syllable | None:
+    if not py:
+        return None
+    m = re.fullmatch(r"([a-zü:]+)([0-5]?)", py)
+    if m is not None and m.group(1) in _INTERJECTIONS:
+        py = _INTERJECTIONS[m.group(1)] + m.group(2)
+    try:
+        return parse_pinyin(py)
+    except SyllableError:
+        return None
+
+
+@lru_cache(maxsize=65536)
+def word_reading(word: str) -> tuple[tuple[Syllable, ...], tuple[str, ...]]:
+    """A word's syllables and the characters each reads, with a final erhua 儿 merged into its syllable."""
+    pys = _raw_pinyin(word)
+    syllables: list[Syllable] = []
+    chars: list[str] = []
+    for ch, py in zip(word, pys, strict=False):
+        syl = _to_syllable(py)
+        if syl is None:
+            # A character with no known reading (rare extension-block ideographs) is not spoken.
+            logger.debug("no reading for %r", ch)
+            continue
+        syllables.append(syl)
+        chars.append(ch)
+    if (
+        len(syllables) >= 2
+        and chars[-1] == "儿"
+        and word not in _NON_ERHUA_WORDS
+        and syllables[-2].base not in ("er",)
+        and not syllables[-2].base.endswith("r")
+    ):
+        prev = syllables[-2]
+        syllables[-2:] = [Syllable(prev.base + "r", prev.tone)]
+        chars[-2:] = [chars[-2] + "儿"]
+    return tuple(syllables), tuple(chars)
+
+
+# -- sandhi ------------------------------------------------------------------------------------------------------
+
+
+def apply_sandhi(words: list[Word]) -> None:
+    """Tone sandhi over one prosodic phrase (words between two pauses), in place. Fixed words are left alone."""
+    flat: list[tuple[Word, int]] = [(w, i) for w in words for i in range(len(w.syllables))]
+    n = len(flat)
+
+    def char(k: int) -> str:
+        if 0 <= k < n:
+            w, i = flat[k]
+            return "" if w.fixed else w.chars[i]
+        return ""
+
+    def tone(k: int) -> int:
+        w, i = flat[k]
+        return w.syllables[i].tone
+
+    def set_tone(k: int, t: int) -> None:
+        w, i = flat[k]
+        s = w.syllables[i]
+        if s.tone != t:
+            w.syllables[i] = Syllable(s.base, t)
+
+    # 一 and 不: reset to the citation tone first (pypinyin's phrase table applies sandhi to some phrases only).
+    for k, (w, i) in enumerate(flat):
+        if w.fixed:
+            continue
+        c = w.chars[i]
+        if c == "不":
+            set_tone(k, 4)
+            if char(k - 1) and char(k - 1) == char(k + 1):
+                set_tone(k, 5)  # A不A: 是不是, 好不好
+            elif k + 1 < n and tone(k + 1) == 4:
+                set_tone(k, 2)
+        elif c == "一":
+            set_tone(k, 1)
+            prev, nxt = char(k - 1), char(k + 1)
+            if prev == "第" or prev in _NUMBER_CHARS or nxt in _DIGIT_CHARS:
+                continue  # ordinal or part of a number: yi1
+            if nxt == "点" and char(k + 2) in _DIGIT_CHARS:
+                continue  # 一点五
+            if prev and prev == nxt:
+                set_tone(k, 5)  # 看一看
+                continue
+            if k + 1 >= n or (i == len(w.syllables) - 1 and len(w.syllables) > 1):
+                continue  # end of phrase, or the end of a word such as 统一, 唯一
+            set_tone(k, 2 if tone(k + 1) in (4, 5) else 4)
+
+    # Third tone: within a word every 3 before a 3 becomes 2 (你好, 展览馆); across a word boundary too when one
+    # side is a single syllable (很 好, 可以 走), since such words do not form their own prosodic word.
+    for w in words:
+        if w.fixed:
+            continue
+        for i in range(len(w.syllables) - 1):
+            if w.syllables[i].tone == 3 and w.syllables[i + 1].tone == 3:
+                w.syllables[i] = Syllable(w.syllables[i].base, 2)
+    for a, b in zip(words, words[1:], strict=False):
+        if a.fixed or b.fixed or not a.syllables or not b.syllables:
+            continue
+        short = len(a.syllables) == 1 or len(b.syllables) == 1
+        if short and a.syllables[-1].tone == 3 and b.syllables[0].tone == 3:
+            a.syllables[-1] = Syllable(a.syllables[-1].base, 2)

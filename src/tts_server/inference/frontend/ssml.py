@@ -1,0 +1,264 @@
+"""SSML subset -> spans of normalised text with emotion and speed, and breaks.
+
+Supported: ``<speak>`` (root), ``<break time|strength>``, ``<emotion category>``, ``<prosody rate>``,
+``<say-as interpret-as="digits|cardinal|telephone|date|time">``, ``<phoneme ph="pin1 yin1">``, ``<sub alias>``,
+``<p>`` and ``<s>``. Elements and attributes are allow-listed; anything else is rejected with an error naming
+it. Parsing goes through defusedxml: DTDs, entity declarations and external references are refused.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+
+import defusedxml
+import defusedxml.ElementTree as SafeET
+
+from tts_server.inference.frontend.errors import FrontendError
+from tts_server.inference.frontend.normalize import Reading, Segment, normalize, say_as
+from tts_server.inference.frontend.symbols import Syllable, SyllableError, parse_pinyin
+
+SSML_NS = "http://www.w3.org/2001/10/synthesis"
+_XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
+
+MAX_BREAK_S = 5.0
+MAX_DEPTH = 16
+MIN_RATE, MAX_RATE = 0.5, 2.0
+
+_ALLOWED: dict[str, frozenset[str]] = {
+    "speak": frozenset({"version", _XML_LANG}),
+    "break": frozenset({"time", "strength"}),
+    "emotion": frozenset({"category"}),
+    "prosody": frozenset({"rate"}),
+    "say-as": frozenset({"interpret-as", "format"}),
+    "phoneme": frozenset({"ph", "alphabet"}),
+    "sub": frozenset({"alias"}),
+    "p": frozenset({_XML_LANG}),
+    "s": frozenset({_XML_LANG}),
+}
+_STRENGTHS = {"none": 0.0, "x-weak": 0.1, "weak": 0.2, "medium": 0.4, "strong": 0.7, "x-strong": 1.0}
+_RATES = {"x-slow": 0.5, "slow": 0.75, "medium": 1.0, "default": 1.0, "fast": 1.25, "x-fast": 1.5}
+_SAY_AS = ("digits", "cardinal", "telephone", "date", "time")
+_PHONEME_ALPHABETS = ("py", "pinyin")
+_WS_RE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Normalised text read with one emotion and speed."""
+
+    segments: tuple[Segment, ...]
+    emotion: str
+    speed: float
+
+
+@dataclass(frozen=True, slots=True)
+class BreakMark:
+    """A silence of ``seconds`` (ends the current sentence)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class SentenceMark:
+    """End of an SSML ``<s>`` or ``<p>``: the sentence ends here even without punctuation."""
+
+
+Item = Span | BreakMark | SentenceMark
+
+
+def looks_like_ssml(text: str) -> bool:
+    head = text.lstrip()[:64]
+    return head.startswith("<speak") or head.startswith("<?xml")
+
+
+def _fail(message: str, param: str = "text") -> FrontendError:
+    return FrontendError(f"invalid SSML: {message}", param=param)
+
+
+def _tag(el: ET.Element) -> str:
+    tag = el.tag
+    if not isinstance(tag, str):
+        raise _fail("comments and processing instructions are not supported")
+    if tag.startswith("{"):
+        ns, _, local = tag[1:].partition("}")
+        if ns != SSML_NS:
+            raise _fail(f"element <{local}> in namespace {ns!r} is not supported")
+        return local
+    return tag
+
+
+def parse_break(time: str | None, strength: str | None) -> float:
+    if time is not None:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s)\s*", time)
+        if m is None:
+            raise _fail(f"<break time={time!r}>: expected a duration such as '300ms' or '1.5s'")
+        seconds = float(m.group(1)) / (1000.0 if m.group(2) == "ms" else 1.0)
+        if seconds > MAX_BREAK_S:
+            raise _fail(f"<break time={time!r}>: at most {MAX_BREAK_S:g}s")
+        return seconds
+    if strength is not None:
+        if strength not in _STRENGTHS:
+            raise _fail(f"<break strength={strength!r}>: expected one of {', '.join(_STRENGTHS)}")
+        return _STRENGTHS[strength]
+    return _STRENGTHS["medium"]
+
+
+def parse_rate(rate: str) -> float:
+    value = rate.strip()
+    factor: float | None = _RATES.get(value)
+    if factor is None:
+        m = re.fullmatch(r"([+-]?)(\d+(?:\.\d+)?)(%?)", value)
+        if m is not None:
+            number = float(m.group(2))
+            if m.group(3) and m.group(1):
+                factor = 1.0 + (number if m.group(1) == "+" else -number) / 100.0
+            elif m.group(3):
+                factor = number / 100.0
+            elif not m.group(1):
+                factor = number
+    if factor is None or not MIN_RATE <= factor <= MAX_RATE:
+        raise _fail(
+            f"<prosody rate={rate!r}>: expected {', '.join(_RATES)}, a percentage or a factor "
+            f"between {MIN_RATE:g} and {MAX_RATE:g}"
+        )
+    return factor
+
+
+def parse_phoneme(ph: str, check: Callable[[Syllable], None]) -> tuple[Syllable, ...]:
+    parts = ph.replace(",", " ").split()
+    if not parts:
+        raise _fail("<phoneme ph>: empty")
+    out = []
+    for part in parts:
+        try:
+            syl = parse_pinyin(part)
+            check(syl)
+        except SyllableError as exc:
+            raise _fail(f"<phoneme ph={ph!r}>: {exc}") from None
+        out.append(syl)
+    return tuple(out)
+
+
+class _Walker:
+    def __init__(
+        self,
+        emotion: str,
+        allowed_emotions: Collection[str],
+        check_syllable: Callable[[Syllable], None],
+    ) -> None:
+        self.items: list[Item] = []
+        self.allowed_emotions = allowed_emotions
+        self.check_syllable = check_syllable
+        self.root_emotion = emotion
+
+    def text(self, text: str | None, emotion: str, speed: float) -> None:
+        if text:
+            collapsed = _WS_RE.sub(" ", text)
+            if collapsed.strip():
+                self.items.append(Span(tuple(normalize(collapsed)), emotion, speed))
+
+    def only_text(self, el: ET.Element, name: str) -> str:
+        if len(el):
+            raise _fail(f"<{name}> may contain only text, found <{_tag(el[0])}>")
+        return el.text or ""
+
+    def visit(self, el: ET.Element, emotion: str, speed: float, depth: int) -> None:
+        name = _tag(el)
+        if depth > MAX_DEPTH:
+            raise _fail(f"elements nested deeper than {MAX_DEPTH} levels")
+        if name not in _ALLOWED:
+            raise _fail(f"unsupported element <{name}>")
+        if name == "speak" and depth != 0:
+            raise _fail("<speak> must be the root element only")
+        for attr in el.attrib:
+            if attr not in _ALLOWED[name]:
+                raise _fail(f"unsupported attribute {attr!r} on <{name}>")
+        if name == "break":
+            if len(el) or (el.text or "").strip():
+                raise _fail("<break> must be empty")
+            self.items.append(BreakMark(parse_break(el.get("time"), el.get("strength"))))
+            return
+        if name == "say-as":
+            kind = el.get("interpret-as")
+            if kind is None:
+                raise _fail("<say-as> needs interpret-as")
+            if kind not in _SAY_AS:
+                raise _fail(f"<say-as interpret-as={kind!r}>: expected one of {', '.join(_SAY_AS)}")
+            content = self.only_text(el, name)
+            try:
+                segments = say_as(content, kind)
+            except ValueError as exc:
+                raise _fail(f"<say-as interpret-as={kind!r}> cannot read {content.strip()!r}: {exc}") from None
+            self.items.append(Span(tuple(segments), emotion, speed))
+            return
+        if name == "phoneme":
+            ph = el.get("ph")
+            if ph is None:
+                raise _fail("<phoneme> needs ph")
+            alphabet = el.get("alphabet")
+            if alphabet is not None and alphabet not in _PHONEME_ALPHABETS:
+                raise _fail(f"<phoneme alphabet={alphabet!r}>: only pinyin ('py') is supported")
+            content = self.only_text(el, name)
+            reading = Reading(parse_phoneme(ph, self.check_syllable), content.strip())
+            self.items.append(Span((reading,), emotion, speed))
+            return
+        if name == "sub":
+            alias = el.get("alias")
+            if alias is None:
+                raise _fail("<sub> needs alias")
+            self.only_text(el, name)
+            self.text(alias, emotion, speed)
+            return
+        if name == "emotion":
+            category = el.get("category")
+            if category is None:
+                raise _fail("<emotion> needs category", param="emotion")
+            if category not in self.allowed_emotions:
+                raise FrontendError(
+                    f"invalid SSML: <emotion category={category!r}>: this voice supports "
+                    f"{', '.join(sorted(self.allowed_emotions))}",
+                    param="emotion",
+                )
+            emotion = category
+        elif name == "prosody":
+            rate = el.get("rate")
+            if rate is not None:
+                speed = min(MAX_RATE, max(MIN_RATE, speed * parse_rate(rate)))
+        self.text(el.text, emotion, speed)
+        for child in el:
+            self.visit(child, emotion, speed, depth + 1)
+            self.text(child.tail, emotion, speed)
+        if name in ("p", "s"):
+            self.items.append(SentenceMark())
+
+
+def parse_ssml(
+    text: str,
+    *,
+    emotion: str,
+    allowed_emotions: Collection[str],
+    check_syllable: Callable[[Syllable], None],
+) -> list[Item]:
+    """Parse an SSML document into items; FrontendError (naming the element or attribute) for anything else."""
+    try:
+        root = SafeET.fromstring(text, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except defusedxml.DTDForbidden:
+        raise _fail("DTDs (<!DOCTYPE>) are not allowed") from None
+    except defusedxml.EntitiesForbidden:
+        raise _fail("entity declarations are not allowed") from None
+    except defusedxml.ExternalReferenceForbidden:
+        raise _fail("external references are not allowed") from None
+    except defusedxml.DefusedXmlException:
+        raise _fail("forbidden XML construct") from None
+    except ET.ParseError as exc:
+        raise _fail(f"not well-formed XML ({exc})") from None
+    except (ValueError, UnicodeError):
+        raise _fail("not well-formed XML") from None
+    if _tag(root) != "speak":
+        raise _fail(f"the root element must be <speak>, not <{_tag(root)}>")
+    walker = _Walker(emotion, allowed_emotions, check_syllable)
+    walker.visit(root, emotion, 1.0, 0)
+    return walker.items

@@ -1,0 +1,199 @@
+"""Pinyin syllables -> KAN-TTS phones and symbol tokens.
+
+The published Sambert voices use the PinYin phone set: an initial phone plus a final phone per syllable, both
+carrying the syllable's tone. The rules here reproduce the voice's ``py2phoneMap.txt`` (``x`` -> ``xx_c``;
+``zhi/chi/shi/ri`` -> ``ih_c``; ``zi/ci/si`` -> ``ii_c``; ``y``/``w`` kept as initials; full finals ``iou``,
+``uei``, ``uen``; zero-initial syllables get a ``ga``/``ge``/``go`` filler; erhua finals ``...r_c``) so that any
+syllable, not only those listed in the file, gets phones.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import defusedxml.ElementTree as SafeET
+
+BREAK_LEVELS = (1, 2, 3, 4)
+
+_TWO_LETTER_INITIALS = ("zh", "ch", "sh")
+_ONE_LETTER_INITIALS = frozenset("bpmfdtnlgkhjqxrzcsyw")
+_ZERO_INITIAL_FINALS = frozenset({"a", "ai", "an", "ang", "ao", "e", "ei", "en", "eng", "er", "o", "ou"})
+_Y_FINALS = frozenset({"a", "an", "ang", "ao", "e", "i", "in", "ing", "o", "ong", "ou", "v", "van", "ve", "vn"})
+_W_FINALS = frozenset({"a", "ai", "an", "ang", "ei", "en", "eng", "o", "u"})
+# Finals after a consonant initial, in the phone set's spelling (after the iu/ui/un and zhi/zi rewrites).
+_CONSONANT_FINALS = frozenset(
+    {
+        "a", "ai", "an", "ang", "ao", "e", "ei", "en", "eng", "i", "ia", "ian", "iang", "iao", "ie", "in",
+        "ing", "iong", "iou", "ih", "ii", "o", "ong", "ou", "u", "ua", "uai", "uan", "uang", "uei", "uen",
+        "uo", "v", "van", "ve", "vn",
+    }
+)  # fmt: skip
+_RETROFLEX = frozenset({"zh", "ch", "sh", "r"})
+_DENTAL = frozenset({"z", "c", "s"})
+_PALATAL = frozenset({"j", "q", "x"})
+
+#: The Mandarin (non-English) phones of the published PinYin phone set, used when no inventory is given.
+DEFAULT_PHONES: frozenset[str] = frozenset(
+    "a_c ai_c an_c ang_c ao_c b_c c_c ch_c d_c e_c ei_c en_c eng_c er_c f_c g_c h_c i_c ia_c ian_c iang_c "
+    "iao_c ie_c ih_c ii_c in_c ing_c io_c iong_c iou_c j_c k_c l_c m_c n_c o_c ong_c ou_c p_c q_c r_c s_c "
+    "sh_c t_c u_c ua_c uai_c uan_c uang_c uei_c uen_c ueng_c uo_c v_c van_c ve_c vn_c xx_c z_c zh_c w_c y_c "
+    "ga ge go air_c angr_c anr_c aor_c ar_c eir_c engr_c enr_c iangr_c ianr_c iaor_c iar_c ier_c ihr_c "
+    "iir_c ingr_c inr_c iongr_c iour_c ir_c ongr_c or_c our_c uair_c uangr_c uanr_c uar_c ueir_c uenr_c "
+    "uor_c ur_c vanr_c ver_c vnr_c vr_c".split()
+)
+
+_PINYIN_RE = re.compile(r"^([a-zü:]+)([0-5]?)$")
+
+
+class SyllableError(ValueError):
+    """A string that is not a Mandarin pinyin syllable (or whose phones the inventory lacks)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Syllable:
+    """One syllable: ``base`` is toneless pinyin with ü written ``v`` and a trailing ``r`` for erhua."""
+
+    base: str
+    tone: int
+
+    def __str__(self) -> str:
+        return f"{self.base}{self.tone}"
+
+
+def parse_pinyin(text: str) -> Syllable:
+    """Parse ``zhuang4``, ``lv4``/``lü4``/``lu:4``, ``wanr2``, ``ma`` (no digit: neutral tone) into a syllable."""
+    m = _PINYIN_RE.match(text.strip().lower())
+    if m is None:
+        raise SyllableError(f"not a pinyin syllable: {text!r}")
+    base = m.group(1).replace("u:", "v").replace("ü", "v")
+    if ":" in base or not base:
+        raise SyllableError(f"not a pinyin syllable: {text!r}")
+    tone = int(m.group(2)) if m.group(2) else 5
+    if tone == 0:
+        tone = 5
+    return Syllable(base, tone)
+
+
+def _split(base: str) -> tuple[str, str, bool]:
+    """Toneless pinyin -> (initial letters, final in phone-set spelling, erhua)."""
+    erhua = len(base) >= 2 and base.endswith("r") and base != "er"
+    if erhua:
+        base = base[:-1]
+    initial = ""
+    if base[:2] in _TWO_LETTER_INITIALS:
+        initial = base[:2]
+    elif base[:1] in _ONE_LETTER_INITIALS:
+        initial = base[:1]
+    rest = base[len(initial) :]
+    if initial in _PALATAL or initial == "y":
+        # After j/q/x/y a written u is ü.
+        if rest.startswith("u"):
+            rest = "v" + rest[1:]
+    if initial == "":
+        if rest not in _ZERO_INITIAL_FINALS:
+            raise SyllableError(f"not a pinyin syllable: {base!r}")
+        if erhua and rest == "er":
+            raise SyllableError(f"not a pinyin syllable: {base}r")
+        return "", rest, erhua
+    if initial == "y":
+        if rest not in _Y_FINALS:
+            raise SyllableError(f"not a pinyin syllable: {base!r}")
+        return initial, rest, erhua
+    if initial == "w":
+        if rest not in _W_FINALS:
+            raise SyllableError(f"not a pinyin syllable: {base!r}")
+        return initial, rest, erhua
+    final = {"iu": "iou", "ui": "uei", "un": "uen"}.get(rest, rest)
+    if final == "i" and initial in _RETROFLEX:
+        final = "ih"
+    elif final == "i" and initial in _DENTAL:
+        final = "ii"
+    if final not in _CONSONANT_FINALS:
+        raise SyllableError(f"not a pinyin syllable: {base!r}")
+    if initial in _PALATAL and final[0] not in "iv":
+        raise SyllableError(f"not a pinyin syllable: {base!r}")
+    if initial not in _PALATAL and final[0] == "v" and not (initial in ("n", "l") and final in ("v", "ve")):
+        raise SyllableError(f"not a pinyin syllable: {base!r}")
+    if initial in _RETROFLEX | _DENTAL and final[0] == "i" and final not in ("ih", "ii"):
+        raise SyllableError(f"not a pinyin syllable: {base!r}")
+    if initial not in _RETROFLEX | _DENTAL and final in ("ih", "ii"):
+        raise SyllableError(f"not a pinyin syllable: {base!r}")
+    return initial, final, erhua
+
+
+def syllable_phones(base: str, inventory: frozenset[str] = DEFAULT_PHONES) -> tuple[str, ...]:
+    """Toneless pinyin (``zhuang``, ``lv``, ``wanr``) -> its phones, each checked against ``inventory``.
+
+    An erhua final the inventory lacks falls back to the plain final (the ``r`` colouring is lost, the syllable
+    is not); any other missing phone raises ``SyllableError``.
+    """
+    initial, final, erhua = _split(base)
+    if initial == "":
+        first = {"a": "ga", "e": "ge", "o": "go"}[final[0]]
+    elif initial == "x":
+        first = "xx_c"
+    else:
+        first = initial + "_c"
+    final_phone = final + "_c"
+    if erhua:
+        colored = ("er" if final == "e" else final + "r") + "_c"
+        if colored in inventory:
+            final_phone = colored
+    phones = (first, final_phone)
+    for phone in phones:
+        if phone not in inventory:
+            raise SyllableError(f"phone {phone!r} of syllable {base!r} is not in the voice's phone set")
+    return phones
+
+
+def load_phone_set(dict_dir: str | Path) -> frozenset[str]:
+    """Phone names from a voice's ``dict/PinYin/PhoneSet.xml`` (namespaced or not)."""
+    path = Path(dict_dir) / "PhoneSet.xml"
+    root = SafeET.parse(str(path)).getroot()
+    names = {el.text.strip() for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "name" and el.text}
+    if not names:
+        raise ValueError(f"{path} lists no phones")
+    return frozenset(names)
+
+
+def tone_field(tone: int) -> str:
+    return f"tone{tone}"
+
+
+def break_token(level: int, speaker: str) -> str:
+    return f"{{#{level}$tone_none$s_none$word_none$emotion_none${speaker}}}"
+
+
+def word_tokens(
+    syllable_phones_list: Iterable[tuple[tuple[str, ...], int]], emotion_field: str, speaker: str
+) -> list[str]:
+    """Tokens for one word given each syllable's (phones, tone): syllable and word position flags filled in."""
+    sylls = list(syllable_phones_list)
+    total = sum(len(p) for p, _ in sylls)
+    out: list[str] = []
+    k = 0
+    for phones, tone in sylls:
+        n = len(phones)
+        for j, phone in enumerate(phones):
+            if n == 1:
+                s_flag = "s_both"
+            elif j == 0:
+                s_flag = "s_begin"
+            elif j == n - 1:
+                s_flag = "s_end"
+            else:
+                s_flag = "s_middle"
+            if total == 1:
+                w_flag = "word_both"
+            elif k == 0:
+                w_flag = "word_begin"
+            elif k == total - 1:
+                w_flag = "word_end"
+            else:
+                w_flag = "word_middle"
+            out.append(f"{{{phone}$tone{tone}${s_flag}${w_flag}${emotion_field}${speaker}}}")
+            k += 1
+    return out

@@ -1,0 +1,82 @@
+"""Messages that cross the parent/worker process boundary.
+
+Every message is a small frozen dataclass so that the protocol is explicit and picklable under ``spawn``.
+Parent -> worker: ``Job``, ``Shutdown``. Worker -> parent: ``Ready``, ``StartupFailed``, ``Chunk``, ``Result``,
+``Failure``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from tts_server.inference.engine import VoiceInfo
+
+
+@dataclass(frozen=True)
+class Job:
+    job_id: int
+    request_id: str
+    text: str
+    voice: str
+    emotion: str
+    speed: float
+    #: ``time.monotonic()`` value after which the job must not start (CLOCK_MONOTONIC is system-wide on Linux,
+    #: so parent and worker agree on it).
+    deadline: float
+    #: Send one ``Chunk`` per sentence as it is ready instead of one audio array in the ``Result``.
+    stream: bool = False
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """Finish nothing further and exit cleanly."""
+
+
+@dataclass(frozen=True)
+class Ready:
+    pid: int
+    load_seconds: float
+    voices: tuple[VoiceInfo, ...]
+
+
+@dataclass(frozen=True)
+class StartupFailed:
+    message: str
+
+
+@dataclass(frozen=True)
+class Chunk:
+    job_id: int
+    seq: int
+    audio: npt.NDArray[np.float32]
+    sample_rate: int
+
+
+@dataclass(frozen=True)
+class Result:
+    job_id: int
+    #: Whole audio for a non-streaming job; empty for a streaming job (the audio went out as chunks).
+    audio: npt.NDArray[np.float32]
+    sample_rate: int
+    audio_seconds: float
+    inference_seconds: float
+    stage_seconds: tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """The job failed; the worker is healthy and takes the next job."""
+
+    job_id: int
+    message: str
+    param: str | None
+    #: True when the input was at fault (-> 4xx), False for an engine fault (-> 500).
+    client_error: bool
+    #: True when the job was refused because its deadline had already passed.
+    expired: bool = False
+
+
+WorkerMessage = Ready | StartupFailed | Chunk | Result | Failure

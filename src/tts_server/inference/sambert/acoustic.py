@@ -1,0 +1,621 @@
+"""Sambert acoustic model (KAN-TTS ``KanTtsSAMBERT``), inference only, batch 1, CPU.
+
+Module and parameter names follow the published checkpoints so that a state dict loads strictly. The forward pass
+is written for single-utterance inference: dropout and padding masks are gone (a batch of one has no padding), the
+autoregressive loops keep their state in preallocated tensors, and everything that does not depend on the previous
+step (memory projections, the attention keys and values of the memory, the conditioning part of the duration LSTM
+input) is computed once per utterance instead of once per step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tts_server.inference.engine import EngineLoadError
+
+#: Options of the KAN-TTS model family that these voices do not use and this implementation does not support.
+_UNSUPPORTED_FLAGS = ("SE", "FP", "MAS", "NSF", "using_byte")
+
+
+@dataclass(frozen=True)
+class SambertConfig:
+    vocab: Mapping[str, int]
+    max_len: int
+    embedding_dim: int
+    encoder_num_layers: int
+    encoder_num_heads: int
+    encoder_num_units: int
+    encoder_ffn_inner_dim: int
+    encoder_projection_units: int
+    speaker_units: int
+    emotion_units: int
+    predictor_filter_size: int
+    predictor_fsmn_num_layers: int
+    predictor_num_memory_units: int
+    predictor_ffn_inner_dim: int
+    predictor_shift: int
+    predictor_lstm_units: int
+    dur_pred_prenet_units: tuple[int, ...]
+    dur_pred_lstm_units: int
+    decoder_prenet_units: tuple[int, ...]
+    decoder_num_layers: int
+    decoder_num_heads: int
+    decoder_num_units: int
+    decoder_ffn_inner_dim: int
+    outputs_per_step: int
+    num_mels: int
+    postnet_filter_size: int
+    postnet_fsmn_num_layers: int
+    postnet_num_memory_units: int
+    postnet_ffn_inner_dim: int
+    postnet_shift: int
+    postnet_lstm_units: int
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], vocab: Mapping[str, int], source: str) -> SambertConfig:
+        for flag in _UNSUPPORTED_FLAGS:
+            if params.get(flag, False):
+                raise EngineLoadError(f"{source}: Model.KanTtsSAMBERT.params.{flag} is enabled; not supported")
+        values: dict[str, Any] = {"vocab": dict(vocab)}
+        for name, field_type in cls.__annotations__.items():
+            if name == "vocab":
+                continue
+            if name not in params:
+                raise EngineLoadError(f"{source}: missing key 'Model.KanTtsSAMBERT.params.{name}'")
+            raw = params[name]
+            try:
+                if "tuple" in str(field_type):
+                    if not isinstance(raw, list | tuple) or not raw:
+                        raise TypeError("expected a non-empty list")
+                    values[name] = tuple(_positive_int(v) for v in raw)
+                else:
+                    values[name] = _positive_int(raw) if "shift" not in name else _int(raw)
+            except (TypeError, ValueError) as exc:
+                raise EngineLoadError(
+                    f"{source}: Model.KanTtsSAMBERT.params.{name} = {raw!r} is invalid: {exc}"
+                ) from exc
+        cfg = cls(**values)
+        for units, heads, what in (
+            (cfg.encoder_num_units, cfg.encoder_num_heads, "encoder"),
+            (cfg.decoder_num_units, cfg.decoder_num_heads, "decoder"),
+        ):
+            if units % heads:
+                raise EngineLoadError(f"{source}: {what}_num_units {units} is not divisible by {what}_num_heads")
+        return cfg
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("expected an integer")
+    return value
+
+
+def _positive_int(value: Any) -> int:
+    v = _int(value)
+    if v <= 0:
+        raise ValueError("expected a positive integer")
+    return v
+
+
+# --------------------------------------------------------------------------------------------------------------
+# building blocks (names match the checkpoint keys)
+
+
+class Prenet(nn.Module):
+    """Linear+ReLU(+dropout) stack; the index gaps of ``fcs`` are the activation and dropout slots."""
+
+    def __init__(self, in_units: int, units: Sequence[int], out_units: int = 0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        dims = [in_units, *units]
+        for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
+            layers += [nn.Linear(d_in, d_out), nn.ReLU(), nn.Identity()]
+        if out_units:
+            layers.append(nn.Linear(dims[-1], out_units))
+        self.fcs = nn.ModuleList(layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.fcs:
+            x = layer(x)
+        return x
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, n_head: int, d_in: int, d_model: int, d_head: int) -> None:
+        super().__init__()
+        self.n_head = n_head
+        self.d_head = d_head
+        self.temperature = math.sqrt(d_head)
+        self.layer_norm = nn.LayerNorm(d_in, eps=1e-6)
+        self.w_qkv = nn.Linear(d_in, 3 * n_head * d_head)
+        self.fc = nn.Linear(n_head * d_head, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x``: [T, d_in] -> [T, d_model]."""
+        length = x.shape[0]
+        qkv = self.w_qkv(self.layer_norm(x))
+        q, k, v = (t.reshape(length, self.n_head, self.d_head).transpose(0, 1) for t in qkv.chunk(3, -1))
+        attn = torch.softmax(torch.bmm(q, k.transpose(1, 2)) / self.temperature, dim=-1)
+        out = torch.bmm(attn, v).transpose(0, 1).reshape(length, -1)
+        out = self.fc(out)
+        if out.shape[-1] == x.shape[-1]:
+            out = out + x
+        return out
+
+
+class ConvFeedForward(nn.Module):
+    """Pre-norm position-wise feed-forward with convolutions, residual included."""
+
+    def __init__(self, d_in: int, d_hid: int, kernel_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.w_1 = nn.Conv1d(d_in, d_hid, kernel_size[0], padding=(kernel_size[0] - 1) // 2)
+        self.w_2 = nn.Conv1d(d_hid, d_in, kernel_size[1], padding=(kernel_size[1] - 1) // 2)
+        self.layer_norm = nn.LayerNorm(d_in, eps=1e-6)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x``: [T, d_in]."""
+        h = self.layer_norm(x).t().unsqueeze(0)
+        h = self.w_2(F.relu(self.w_1(h)))
+        return h.squeeze(0).t() + x
+
+
+class FFTBlock(nn.Module):
+    def __init__(self, d_in: int, d_model: int, n_head: int, d_inner: int) -> None:
+        super().__init__()
+        self.slf_attn = SelfAttention(n_head, d_in, d_model, d_model // n_head)
+        self.pos_ffn = ConvFeedForward(d_model, d_inner, (3, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pos_ffn(self.slf_attn(x))
+
+
+class SinusoidalPositions(nn.Module):
+    def __init__(self, max_len: int, depth: int) -> None:
+        super().__init__()
+        self.depth = depth
+        self.register_buffer("position_enc", self.table(max_len, depth).unsqueeze(0))
+
+    @staticmethod
+    def table(n_position: int, depth: int) -> Tensor:
+        # Same formula as the reference (angles in float64, positions from 1, sin half then cos half).
+        pos = torch.arange(1, n_position + 1, dtype=torch.float64)[:, None]
+        idx = torch.arange(depth // 2, dtype=torch.float64)[None, :]
+        angle = pos / torch.pow(10000.0, idx / (depth / 2 - 1))
+        table = torch.zeros(n_position, depth, dtype=torch.float64)
+        table[:, : depth // 2] = torch.sin(angle)
+        table[:, depth // 2 :] = torch.cos(angle)
+        return table.float()
+
+    def forward(self, x: Tensor) -> Tensor:
+        length = x.shape[0]
+        enc: Tensor = self.position_enc[0]
+        if length > enc.shape[0]:
+            enc = self.table(length, self.depth).to(x.dtype)
+        return x + enc[:length]
+
+
+class SelfAttentionEncoder(nn.Module):
+    def __init__(self, cfg: SambertConfig) -> None:
+        super().__init__()
+        d_model = cfg.encoder_num_units
+        self.scale = d_model**0.5
+        d_in = [cfg.embedding_dim] + [d_model] * (cfg.encoder_num_layers - 1)
+        self.fft = nn.ModuleList(FFTBlock(d, d_model, cfg.encoder_num_heads, cfg.encoder_ffn_inner_dim) for d in d_in)
+        self.ln = nn.LayerNorm(d_model, eps=1e-6)
+        self.position_enc = SinusoidalPositions(cfg.max_len, cfg.embedding_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.position_enc(x * self.scale)
+        for layer in self.fft:
+            x = layer(x)
+        out: Tensor = self.ln(x)
+        return out
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, cfg: SambertConfig) -> None:
+        super().__init__()
+        d_emb = cfg.embedding_dim
+        self.sy_emb = nn.Embedding(cfg.vocab["sy"], d_emb)
+        self.tone_emb = nn.Embedding(cfg.vocab["tone"], d_emb)
+        self.syllable_flag_emb = nn.Embedding(cfg.vocab["syllable_flag"], d_emb)
+        self.ws_emb = nn.Embedding(cfg.vocab["word_segment"], d_emb)
+        self.ling_enc = SelfAttentionEncoder(cfg)
+        self.ling_proj = nn.Linear(cfg.encoder_num_units, cfg.encoder_projection_units, bias=False)
+
+    def forward(self, sy: Tensor, tone: Tensor, syllable_flag: Tensor, ws: Tensor) -> Tensor:
+        emb = self.sy_emb(sy) + self.tone_emb(tone) + self.syllable_flag_emb(syllable_flag) + self.ws_emb(ws)
+        out: Tensor = self.ling_proj(self.ling_enc(emb))
+        return out
+
+
+class FsmnFeedForward(nn.Module):
+    def __init__(self, d_in: int, d_hid: int, d_out: int) -> None:
+        super().__init__()
+        self.w_1 = nn.Conv1d(d_in, d_hid, 1)
+        self.w_2 = nn.Conv1d(d_hid, d_out, 1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x``: [1, C, T] (channels first, kept so between layers)."""
+        out: Tensor = self.w_2(F.relu(self.w_1(x)))
+        return out
+
+
+class MemoryBlock(nn.Module):
+    def __init__(self, d: int, filter_size: int, shift: int) -> None:
+        super().__init__()
+        left = int(round((filter_size - 1) / 2))
+        right = int((filter_size - 1) / 2)
+        self.lp, self.rp = left + shift, right - shift
+        if self.rp < 0:
+            raise EngineLoadError(f"FSMN shift {shift} is larger than half the filter size {filter_size}")
+        self.conv_dw = nn.Conv1d(d, d, filter_size, 1, 0, groups=d, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.conv_dw(F.pad(x, (self.lp, self.rp))) + x
+        return out
+
+
+class FsmnEncoder(nn.Module):
+    def __init__(self, filter_size: int, num_layers: int, d_in: int, d_mem: int, d_inner: int, shift: int) -> None:
+        super().__init__()
+        self.ffn_lst = nn.ModuleList(
+            FsmnFeedForward(d_in if i == 0 else d_mem, d_inner, d_mem) for i in range(num_layers)
+        )
+        self.memory_block_lst = nn.ModuleList(MemoryBlock(d_mem, filter_size, shift) for _ in range(num_layers))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x``: [1, C, T] -> [1, d_mem, T]."""
+        for ffn, block in zip(self.ffn_lst, self.memory_block_lst, strict=True):
+            memory = block(ffn(x))
+            if memory.shape[1] == x.shape[1]:
+                memory = memory + x
+            x = memory
+        return x
+
+
+class VarFsmnRnnPredictor(nn.Module):
+    """FSMN + BiLSTM predictor of one value per token (pitch, energy)."""
+
+    def __init__(self, cfg: SambertConfig, d_in: int) -> None:
+        super().__init__()
+        self.fsmn = FsmnEncoder(
+            cfg.predictor_filter_size,
+            cfg.predictor_fsmn_num_layers,
+            d_in,
+            cfg.predictor_num_memory_units,
+            cfg.predictor_ffn_inner_dim,
+            cfg.predictor_shift,
+        )
+        self.blstm = nn.LSTM(
+            cfg.predictor_num_memory_units, cfg.predictor_lstm_units, num_layers=1, batch_first=True, bidirectional=True
+        )
+        self.fc = nn.Linear(2 * cfg.predictor_lstm_units, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x``: [T, d_in] -> [T]."""
+        h = self.fsmn(x.t().unsqueeze(0)).transpose(1, 2)
+        h, _ = self.blstm(h)
+        out: Tensor = self.fc(h[0]).squeeze(-1)
+        return out
+
+
+class DurationPredictor(nn.Module):
+    """Autoregressive duration predictor: prenet of the previous log-duration + conditioning -> 2-layer LSTM."""
+
+    def __init__(self, cfg: SambertConfig, cond_units: int) -> None:
+        super().__init__()
+        self.prenet = Prenet(1, cfg.dur_pred_prenet_units)
+        self.lstm = nn.LSTM(
+            cfg.dur_pred_prenet_units[-1] + cond_units, cfg.dur_pred_lstm_units, num_layers=2, batch_first=True
+        )
+        self.fc = nn.Linear(cfg.dur_pred_lstm_units, 1)
+        self.prenet_units = cfg.dur_pred_prenet_units[-1]
+
+    def infer(self, cond: Tensor) -> Tensor:
+        """``cond``: [T, cond_units] -> log(duration + 1) per token, [T]."""
+        lstm = self.lstm
+        n_pre = self.prenet_units
+        w_ih0: Tensor = lstm.weight_ih_l0
+        # The conditioning does not depend on the previous prediction: project it for all tokens at once and
+        # fold it into the first layer's input bias, step by step.
+        cond_gates = F.linear(cond, w_ih0[:, n_pre:], lstm.bias_ih_l0)
+        w_ih0_pre = w_ih0[:, :n_pre].contiguous()
+        layers = [
+            (w_ih0_pre, lstm.weight_hh_l0, lstm.bias_hh_l0),
+            (lstm.weight_ih_l1, lstm.weight_hh_l1, lstm.bias_ih_l1 + lstm.bias_hh_l1),
+        ]
+        hidden = lstm.hidden_size
+        h0 = cond.new_zeros(1, hidden)
+        c0 = cond.new_zeros(1, hidden)
+        h1 = cond.new_zeros(1, hidden)
+        c1 = cond.new_zeros(1, hidden)
+        fc_w, fc_b = self.fc.weight, self.fc.bias
+        out = cond.new_empty(cond.shape[0])
+        x = cond.new_zeros(1, 1)
+        for i in range(cond.shape[0]):
+            p = self.prenet(x)
+            h0, c0 = torch.lstm_cell(p, (h0, c0), layers[0][0], layers[0][1], cond_gates[i], layers[0][2])
+            h1, c1 = torch.lstm_cell(h0, (h1, c1), layers[1][0], layers[1][1], layers[1][2], None)
+            x = F.relu(F.linear(h1, fc_w, fc_b))
+            out[i] = x[0, 0]
+        return out
+
+
+class DurSinusoidalPositions(nn.Module):
+    def __init__(self, depth: int) -> None:
+        super().__init__()
+        # Named "inverse" in the reference although frames are divided by it; loaded from the checkpoint.
+        scales = [10000 ** (2 * (i // 2) / depth) for i in range(depth)]
+        self.register_buffer("inv_timescales", torch.tensor(scales, dtype=torch.float32))
+
+    def forward(self, positions: Tensor) -> Tensor:
+        """``positions``: [L] 1-based position of each frame inside its token (0 for padding) -> [L, depth]."""
+        angles = positions[:, None] / self.inv_timescales[None, :]
+        out = torch.empty_like(angles)
+        out[:, 0::2] = torch.sin(angles[:, 0::2])
+        out[:, 1::2] = torch.cos(angles[:, 1::2])
+        return out
+
+
+class VarianceAdaptor(nn.Module):
+    def __init__(self, cfg: SambertConfig) -> None:
+        super().__init__()
+        d_in = cfg.encoder_projection_units + cfg.emotion_units + cfg.speaker_units
+        self.pitch_predictor = VarFsmnRnnPredictor(cfg, d_in)
+        self.energy_predictor = VarFsmnRnnPredictor(cfg, d_in)
+        self.duration_predictor = DurationPredictor(cfg, d_in)
+        self.dur_position_encoder = DurSinusoidalPositions(cfg.encoder_projection_units)
+        self.pitch_emb = nn.Conv1d(1, cfg.encoder_projection_units, kernel_size=9, padding=4)
+        self.energy_emb = nn.Conv1d(1, cfg.encoder_projection_units, kernel_size=9, padding=4)
+
+
+class PNCAAttention(nn.Module):
+    def __init__(self, n_head: int, d_model: int, d_mem: int, d_head: int) -> None:
+        super().__init__()
+        self.n_head = n_head
+        self.d_head = d_head
+        self.layer_norm = nn.LayerNorm(d_model, eps=1e-6)
+        self.w_x_qkv = nn.Linear(d_model, 3 * n_head * d_head)
+        self.fc_x = nn.Linear(n_head * d_head, d_model)
+        self.w_h_kv = nn.Linear(d_mem, 2 * n_head * d_head)
+        self.fc_h = nn.Linear(n_head * d_head, d_model)
+
+
+class PNCABlock(nn.Module):
+    def __init__(self, d_model: int, d_mem: int, n_head: int, d_inner: int) -> None:
+        super().__init__()
+        self.pnca_attn = PNCAAttention(n_head, d_model, d_mem, d_model // n_head)
+        self.pos_ffn = ConvFeedForward(d_model, d_inner, (1, 1))
+
+
+class HybridAttentionDecoder(nn.Module):
+    def __init__(self, cfg: SambertConfig, d_mem: int) -> None:
+        super().__init__()
+        d_model = cfg.decoder_num_units
+        self.d_model = d_model
+        self.prenet = Prenet(cfg.num_mels, cfg.decoder_prenet_units, d_model)
+        self.dec_in_proj = nn.Linear(d_model + d_mem, d_model)
+        self.pnca = nn.ModuleList(
+            PNCABlock(d_model, d_mem, cfg.decoder_num_heads, cfg.decoder_ffn_inner_dim)
+            for _ in range(cfg.decoder_num_layers)
+        )
+        self.ln = nn.LayerNorm(d_model, eps=1e-6)
+        self.dec_out_proj = nn.Linear(d_model, cfg.num_mels * cfg.outputs_per_step)
+
+
+class MelDecoder(nn.Module):
+    def __init__(self, cfg: SambertConfig, d_mem: int) -> None:
+        super().__init__()
+        self.mel_dec = HybridAttentionDecoder(cfg, d_mem)
+
+
+class PostNet(nn.Module):
+    def __init__(self, cfg: SambertConfig) -> None:
+        super().__init__()
+        self.fsmn = FsmnEncoder(
+            cfg.postnet_filter_size,
+            cfg.postnet_fsmn_num_layers,
+            cfg.num_mels,
+            cfg.postnet_num_memory_units,
+            cfg.postnet_ffn_inner_dim,
+            cfg.postnet_shift,
+        )
+        self.lstm = nn.LSTM(cfg.postnet_num_memory_units, cfg.postnet_lstm_units, num_layers=1, batch_first=True)
+        self.fc = nn.Linear(cfg.postnet_lstm_units, cfg.num_mels)
+
+    def forward(self, mel: Tensor) -> Tensor:
+        """``mel``: [L, num_mels] -> residual [L, num_mels]."""
+        h = self.fsmn(mel.t().unsqueeze(0)).transpose(1, 2)
+        h, _ = self.lstm(h)
+        out: Tensor = self.fc(h[0])
+        return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AcousticOutput:
+    log_duration: Tensor  # [T]
+    pitch: Tensor  # [T]
+    energy: Tensor  # [T]
+    x_band_width: int
+    h_band_width: int
+    num_frames: int
+    dec_outputs: Tensor  # [num_frames, num_mels]
+    postnet_outputs: Tensor  # [num_frames, num_mels]
+
+
+class SambertModel(nn.Module):
+    def __init__(self, cfg: SambertConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.r = cfg.outputs_per_step
+        self.num_mels = cfg.num_mels
+        d_mem = cfg.encoder_projection_units * cfg.outputs_per_step + cfg.emotion_units + cfg.speaker_units
+        self.text_encoder = TextEncoder(cfg)
+        self.spk_tokenizer = nn.Embedding(cfg.vocab["speaker"], cfg.speaker_units)
+        self.emo_tokenizer = nn.Embedding(cfg.vocab["emotion"], cfg.emotion_units)
+        self.variance_adaptor = VarianceAdaptor(cfg)
+        self.mel_decoder = MelDecoder(cfg, d_mem)
+        self.mel_postnet = PostNet(cfg)
+
+    def infer(
+        self,
+        sy: Tensor,
+        tone: Tensor,
+        syllable_flag: Tensor,
+        word_segment: Tensor,
+        emotion: Tensor,
+        speaker: Tensor,
+        speed: float = 1.0,
+        timings: MutableMapping[str, float] | None = None,
+    ) -> AcousticOutput:
+        """Run on one sentence. Id tensors are [T] (the trailing end token already dropped)."""
+        t0 = time.perf_counter()
+        va = self.variance_adaptor
+        text_hid = self.text_encoder(sy, tone, syllable_flag, word_segment)
+        emo_hid = self.emo_tokenizer(emotion)
+        spk_hid = self.spk_tokenizer(speaker)
+
+        pred_in = torch.cat([text_hid, spk_hid, emo_hid], dim=-1)
+        pitch = va.pitch_predictor(pred_in)
+        energy = va.energy_predictor(pred_in)
+        pitch_emb = va.pitch_emb(pitch[None, None, :])[0].t()
+        energy_emb = va.energy_emb(energy[None, None, :])[0].t()
+        text_aug = text_hid + pitch_emb + energy_emb
+        dur_cond = torch.cat([text_aug, spk_hid, emo_hid], dim=-1)
+        log_duration = va.duration_predictor.infer(dur_cond)
+        durations = torch.exp(log_duration) - 1
+        if speed != 1.0:
+            durations = durations / speed
+
+        reps = (durations + 0.5).long()
+        num_frames = int(reps.sum().item())
+        band = int(durations.max() / self.r + 0.5)
+        if num_frames == 0:
+            empty = text_hid.new_zeros(0, self.num_mels)
+            return AcousticOutput(log_duration, pitch, energy, band, band, 0, empty, empty)
+
+        padded = -(-num_frames // self.r) * self.r
+        lr_text = _pad_rows(torch.repeat_interleave(text_aug, reps, dim=0), padded)
+        lr_emo = torch.repeat_interleave(emo_hid, reps, dim=0)
+        lr_spk = torch.repeat_interleave(spk_hid, reps, dim=0)
+        starts = torch.cumsum(reps, 0) - reps
+        positions = torch.arange(num_frames) - torch.repeat_interleave(starts, reps) + 1
+        positions = _pad_rows(positions.to(text_hid.dtype)[:, None], padded)[:, 0]
+        lr_text = lr_text + va.dur_position_encoder(positions)
+
+        steps = padded // self.r
+        memory = torch.cat(
+            [lr_text.reshape(steps, -1), lr_spk[:: self.r], lr_emo[:: self.r]],
+            dim=-1,
+        )
+        t1 = time.perf_counter()
+        dec = self._decode(memory, band, band).reshape(padded, self.num_mels)[:num_frames]
+        t2 = time.perf_counter()
+        post = self.mel_postnet(dec) + dec
+        t3 = time.perf_counter()
+        if timings is not None:
+            timings["encoder_adaptor"] = timings.get("encoder_adaptor", 0.0) + (t1 - t0)
+            timings["decoder"] = timings.get("decoder", 0.0) + (t2 - t1)
+            timings["postnet"] = timings.get("postnet", 0.0) + (t3 - t2)
+        return AcousticOutput(log_duration, pitch, energy, band, band, num_frames, dec, post)
+
+    def _decode(self, memory: Tensor, x_band: int, h_band: int) -> Tensor:
+        """PNCA autoregressive decoder. ``memory``: [S, d_mem] -> [S, r * num_mels].
+
+        Step ``t`` attends to its own past outputs ``[t - x_band, t]`` (self keys/values cached per layer) and to
+        the memory ``[t, t + h_band]`` (keys/values of the whole memory projected once).
+        """
+        dec = self.mel_decoder.mel_dec
+        steps = memory.shape[0]
+        d_model = dec.d_model
+        scale = d_model**0.5
+        d_mem = memory.shape[1]
+        w_in = dec.dec_in_proj.weight
+        mem_in = F.linear(memory, w_in[:, :d_mem], dec.dec_in_proj.bias)
+        w_in_x = w_in[:, d_mem:].contiguous()
+
+        layers = []
+        for block in dec.pnca:
+            attn: PNCAAttention = block.pnca_attn
+            ffn: ConvFeedForward = block.pos_ffn
+            n_head, d_head = attn.n_head, attn.d_head
+            hk, hv = attn.w_h_kv(memory).chunk(2, -1)
+            hk = hk.reshape(steps, n_head, d_head).transpose(0, 1).contiguous()
+            hv = hv.reshape(steps, n_head, d_head).transpose(0, 1).contiguous()
+            xk = memory.new_empty(n_head, steps, d_head)
+            xv = memory.new_empty(n_head, steps, d_head)
+            layers.append(
+                (
+                    attn,
+                    hk,
+                    hv,
+                    xk,
+                    xv,
+                    torch.cat([attn.fc_x.weight, attn.fc_h.weight], dim=1),
+                    attn.fc_x.bias + attn.fc_h.bias,
+                    ffn.layer_norm,
+                    ffn.w_1.weight[:, :, 0],
+                    ffn.w_1.bias,
+                    ffn.w_2.weight[:, :, 0],
+                    ffn.w_2.bias,
+                )
+            )
+
+        num_mels = self.num_mels
+        outputs = memory.new_empty(steps, d_model)
+        prev = memory.new_zeros(1, num_mels)
+        w_out_last = dec.dec_out_proj.weight[-num_mels:]
+        b_out_last = dec.dec_out_proj.bias[-num_mels:]
+        for t in range(steps):
+            x = (mem_in[t : t + 1] + F.linear(dec.prenet(prev), w_in_x)) * scale
+            xs = max(t - x_band, 0)
+            he = min(t + h_band + 1, steps)
+            for attn, hk, hv, xk, xv, w_fc, b_fc, ffn_ln, w1, b1, w2, b2 in layers:
+                n_head, d_head = attn.n_head, attn.d_head
+                qkv = attn.w_x_qkv(attn.layer_norm(x)).reshape(3, n_head, 1, d_head)
+                q = qkv[0]
+                xk[:, t] = qkv[1, :, 0]
+                xv[:, t] = qkv[2, :, 0]
+                ox = _attend(q, xk[:, xs : t + 1], xv[:, xs : t + 1], attn_temperature(d_head))
+                oh = _attend(q, hk[:, t:he], hv[:, t:he], attn_temperature(d_head))
+                both = _merge_heads(ox, oh)
+                x = torch.addmm(b_fc, both, w_fc.t()) + x
+                h = F.relu(F.linear(ffn_ln(x), w1, b1))
+                x = F.linear(h, w2, b2) + x
+            outputs[t] = x[0]
+            prev = F.linear(dec.ln(x), w_out_last, b_out_last)
+        out: Tensor = dec.dec_out_proj(dec.ln(outputs))
+        return out
+
+
+def attn_temperature(d_head: int) -> float:
+    return math.sqrt(d_head)
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, temperature: float) -> Tensor:
+    """One query per head: q [H, 1, d], k/v [H, n, d] -> [H, 1, d]."""
+    scores = torch.bmm(q, k.transpose(1, 2)) / temperature
+    return torch.bmm(torch.softmax(scores, dim=-1), v)
+
+
+def _merge_heads(ox: Tensor, oh: Tensor) -> Tensor:
+    """[H, 1, d] twice -> [1, 2 * H * d] laid out as (x heads..., h heads...) to match the stacked fc weight."""
+    return torch.cat([ox.reshape(1, -1), oh.reshape(1, -1)], dim=1)
+
+
+def _pad_rows(x: Tensor, rows: int) -> Tensor:
+    if x.shape[0] == rows:
+        return x
+    return F.pad(x, (0, 0, 0, rows - x.shape[0]))

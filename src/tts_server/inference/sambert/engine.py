@@ -1,0 +1,331 @@
+"""The Sambert-HifiGan engine: voices loaded from a model directory, text -> 16 kHz mono float32 audio.
+
+Text that starts with ``{`` is taken as KAN-TTS symbol strings (one sentence per non-empty line); anything else goes
+through the Chinese frontend (``tts_server.inference.frontend``), imported on first use.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from tts_server.inference.engine import EngineError, EngineLoadError, Synthesis, VoiceInfo
+from tts_server.inference.sambert.acoustic import AcousticOutput, SambertConfig, SambertModel
+from tts_server.inference.sambert.linguistic import EncodedSymbols, LinguisticUnit, Token
+from tts_server.inference.sambert.loader import (
+    VoiceFiles,
+    config_section,
+    load_state_dict,
+    load_strict,
+    read_voice_names,
+    read_yaml,
+    resolve_model_dir,
+    voice_files,
+)
+from tts_server.inference.sambert.vocoder import HifiGanConfig, HifiGanGenerator, build_generator
+
+if TYPE_CHECKING:
+    from tts_server.config import Settings
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SAMPLE_RATE = 16000
+_WARM_UP_SYLLABLES = ("n_c", "i_c", "h_c", "ao_c")
+
+
+class _Utterance(Protocol):
+    @property
+    def symbols(self) -> str: ...
+    @property
+    def speed(self) -> float: ...
+    @property
+    def pause_after_s(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class _Sentence:
+    tokens: list[Token]
+    speed: float
+    pause_after_s: float
+
+
+class SambertVoice:
+    """One voice: its linguistic unit, acoustic model and vocoder."""
+
+    def __init__(self, files: VoiceFiles, sample_rate: int) -> None:
+        self.name = files.name
+        self.files = files
+        am_config = read_yaml(files.am_config)
+        unit_config = config_section(am_config, files.am_config, "linguistic_unit")
+        self.unit = LinguisticUnit(unit_config, files.dict_dir, files.am_config)
+        params = config_section(am_config, files.am_config, "Model", "KanTtsSAMBERT", "params")
+
+        am_state = load_state_dict(files.am_checkpoint, "model")
+        sizes = self.unit.vocab_sizes()
+        emb = am_state.get("text_encoder.sy_emb.weight")
+        if emb is not None and emb.dim() == 2 and emb.shape[0] == sizes["sy"] - 1 and self.unit.has_mask:
+            # ModelScope's Voice builds its tables without the trailing @[MASK] row (ignore_mask); the mask id
+            # is never produced for inference input, so the tables are used as they are.
+            sizes = {k: v - 1 for k, v in sizes.items()}
+        self.am_config = SambertConfig.from_params(params, sizes, str(files.am_config))
+        self.am = SambertModel(self.am_config)
+        load_strict(self.am, am_state, files.am_checkpoint)
+        self.am.eval()
+        for p in self.am.parameters():
+            p.requires_grad_(False)
+
+        voc_config = read_yaml(files.voc_config)
+        voc_params = config_section(voc_config, files.voc_config, "Model", "Generator", "params")
+        self.voc_config = HifiGanConfig.from_params(voc_params, str(files.voc_config))
+        if self.voc_config.in_channels != self.am_config.num_mels:
+            raise EngineLoadError(
+                f"voice {self.name!r}: vocoder in_channels {self.voc_config.in_channels} != acoustic model "
+                f"num_mels {self.am_config.num_mels} ({files.voc_config})"
+            )
+        self.vocoder: HifiGanGenerator = build_generator(
+            self.voc_config, load_state_dict(files.voc_checkpoint, "model", "generator"), files.voc_checkpoint
+        )
+        self.sample_rate = sample_rate
+        self.hop_length = self.voc_config.hop_length
+        self._check_audio_config()
+
+        emotions = self.unit.emotions
+        self.info = VoiceInfo(
+            name=self.name,
+            emotions=emotions,
+            default_emotion="neutral" if "neutral" in emotions else emotions[0],
+            sample_rate=sample_rate,
+        )
+        self.default_speaker = self.unit.speakers[0]
+
+    def _check_audio_config(self) -> None:
+        path = self.files.root / "audio_config.yaml"
+        if not path.is_file():
+            return
+        section = read_yaml(path).get("audio_config")
+        if not isinstance(section, Mapping):
+            return
+        hop = section.get("hop_length")
+        if isinstance(hop, int) and hop != self.hop_length:
+            raise EngineLoadError(
+                f"voice {self.name!r}: {path} hop_length {hop} != vocoder upsampling {self.hop_length}"
+            )
+        rate = section.get("sampling_rate")
+        if isinstance(rate, int) and rate != self.sample_rate:
+            raise EngineLoadError(f"voice {self.name!r}: {path} sampling_rate {rate} != model {self.sample_rate}")
+
+    def acoustic(
+        self, encoded: EncodedSymbols, speed: float = 1.0, timings: dict[str, float] | None = None
+    ) -> AcousticOutput:
+        """Run the acoustic model on one sentence's id streams (the trailing end token is dropped here)."""
+
+        def ids(a: npt.NDArray[np.int64]) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(a[:-1]))
+
+        return self.am.infer(
+            ids(encoded.sy),
+            ids(encoded.tone),
+            ids(encoded.syllable_flag),
+            ids(encoded.word_segment),
+            ids(encoded.emotion),
+            ids(encoded.speaker),
+            speed=speed,
+            timings=timings,
+        )
+
+    def vocode(self, mel: torch.Tensor) -> npt.NDArray[np.float32]:
+        if mel.shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
+        wav: npt.NDArray[np.float32] = self.vocoder(mel).numpy().astype(np.float32, copy=False)
+        return wav
+
+
+class SambertEngine:
+    """Implements the ``Engine`` protocol for a set of Sambert-HifiGan voices."""
+
+    def __init__(self, voices: list[SambertVoice], threads: int) -> None:
+        if not voices:
+            raise EngineLoadError("no voices loaded")
+        self._voices = {v.name: v for v in voices}
+        self._threads = threads
+        self._frontends: dict[str, Any] = {}
+        torch.set_num_threads(threads)
+
+    # -- Engine protocol ---------------------------------------------------------------------------------------
+
+    def voices(self) -> Mapping[str, VoiceInfo]:
+        return {name: v.info for name, v in self._voices.items()}
+
+    def warm_up(self) -> None:
+        for voice in self._voices.values():
+            speaker = voice.default_speaker
+            emo = "emotion_" + voice.info.default_emotion
+            phones = [p for p in _WARM_UP_SYLLABLES if p in voice.unit.phone_inventory]
+            if not phones:
+                phones = [next(p for p in voice.unit.phones if not p.startswith("#"))]
+            tokens = [f"{{{p}$tone3$s_none$word_none${emo}${speaker}}}" for p in phones]
+            tone = next((t for t in voice.unit.tones if t != "tone_none"), voice.unit.tones[0])
+            tokens = [t.replace("tone3", tone) for t in tokens]
+            tokens.append(f"{{#4$tone_none$s_none$word_none$emotion_none${speaker}}}")
+            if "tone_none" not in voice.unit.tones:
+                tokens.pop()
+            self.synthesize(" ".join(tokens), voice.name, voice.info.default_emotion, 1.0)
+
+    def synthesize(self, text: str, voice: str, emotion: str, speed: float) -> Synthesis:
+        parts: list[npt.NDArray[np.float32]] = []
+        stages = {"frontend": 0.0, "acoustic": 0.0, "vocoder": 0.0}
+        rate = self._voice(voice).sample_rate
+        for piece in self.synthesize_stream(text, voice, emotion, speed):
+            parts.append(piece.audio)
+            for key, value in piece.stage_seconds.items():
+                stages[key] = stages.get(key, 0.0) + value
+        audio = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+        return Synthesis(audio=audio.astype(np.float32, copy=False), sample_rate=rate, stage_seconds=stages)
+
+    def synthesize_stream(self, text: str, voice: str, emotion: str, speed: float) -> Iterator[Synthesis]:
+        v = self._voice(voice)
+        emotion = self._emotion(v, emotion)
+        if not isinstance(speed, int | float) or not math.isfinite(speed) or speed <= 0:
+            raise EngineError(f"speed must be a positive number, got {speed!r}", param="speed")
+        torch.set_num_threads(self._threads)
+        t0 = time.perf_counter()
+        sentences = self._sentences(v, text, emotion)
+        frontend_s = time.perf_counter() - t0
+        # Encode everything first so that a bad symbol in a later sentence fails before any audio is sent.
+        encoded = [v.unit.encode_tokens(s.tokens) for s in sentences]
+        frontend_s = time.perf_counter() - t0
+        for sentence, ids in zip(sentences, encoded, strict=True):
+            with torch.inference_mode():
+                t1 = time.perf_counter()
+                am = v.acoustic(ids, speed=speed * sentence.speed)
+                t2 = time.perf_counter()
+                wav = v.vocode(am.postnet_outputs)
+                t3 = time.perf_counter()
+            pause = int(round(max(sentence.pause_after_s, 0.0) * v.sample_rate))
+            if pause:
+                wav = np.concatenate([wav, np.zeros(pause, dtype=np.float32)])
+            yield Synthesis(
+                audio=wav,
+                sample_rate=v.sample_rate,
+                stage_seconds={"frontend": frontend_s, "acoustic": t2 - t1, "vocoder": t3 - t2},
+            )
+            frontend_s = 0.0
+
+    # -- helpers -----------------------------------------------------------------------------------------------
+
+    def _voice(self, name: str) -> SambertVoice:
+        voice = self._voices.get(name)
+        if voice is None:
+            raise EngineError(f"unknown voice {name!r}; available: {', '.join(self._voices)}", param="voice")
+        return voice
+
+    @staticmethod
+    def _emotion(voice: SambertVoice, emotion: str) -> str:
+        name = emotion[len("emotion_") :] if emotion.startswith("emotion_") else emotion
+        if name not in voice.info.emotions:
+            raise EngineError(
+                f"unknown emotion {emotion!r} for voice {voice.name!r}; allowed: {', '.join(voice.info.emotions)}",
+                param="emotion",
+            )
+        return name
+
+    def _sentences(self, voice: SambertVoice, text: str, emotion: str) -> list[_Sentence]:
+        stripped = text.strip()
+        if not stripped:
+            raise EngineError("text is empty", param="text")
+        if stripped.startswith("{"):
+            sentences = []
+            for line in stripped.splitlines():
+                if not line.strip():
+                    continue
+                tokens = voice.unit.parse(line)
+                tokens = voice.unit.with_emotion_and_speaker(tokens, emotion, None)
+                sentences.append(_Sentence(tokens, 1.0, 0.0))
+            return sentences
+        frontend = self._frontend(voice)
+        utterances: list[_Utterance] = frontend.process(
+            text,
+            speaker=voice.default_speaker,
+            emotion=emotion,
+            allowed_emotions=voice.info.emotions,
+        )
+        sentences = []
+        for utt in utterances:
+            if not math.isfinite(utt.speed) or utt.speed <= 0:
+                raise EngineError(f"invalid speaking rate {utt.speed!r}", param="text")
+            sentences.append(_Sentence(voice.unit.parse(utt.symbols), float(utt.speed), float(utt.pause_after_s)))
+        if not sentences:
+            raise EngineError("the text contains nothing to synthesize", param="text")
+        return sentences
+
+    def _frontend(self, voice: SambertVoice) -> Any:
+        frontend = self._frontends.get(voice.name)
+        if frontend is not None:
+            return frontend
+        try:
+            from tts_server.inference.frontend import Frontend
+        except ImportError as exc:
+            logger.warning("the Chinese frontend is not available: %s", exc)
+            raise EngineError(
+                "plain text needs the frontend, which is not available in this build; send KAN-TTS symbol "
+                "strings ({phone$tone$syllable_flag$word_segment$emotion$speaker} tokens) instead",
+                param="text",
+                client_error=False,
+            ) from exc
+        frontend = Frontend(phone_inventory=voice.unit.phone_inventory)
+        self._frontends[voice.name] = frontend
+        return frontend
+
+
+def _allowed(values: Collection[str]) -> str:
+    return ", ".join(values)
+
+
+def _model_sample_rate(model_dir: Path) -> int:
+    path = model_dir / "configuration.json"
+    if not path.is_file():
+        return DEFAULT_SAMPLE_RATE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EngineLoadError(f"cannot read {path}: {exc}") from exc
+    model = data.get("model") if isinstance(data, dict) else None
+    rate = model.get("sample_rate", DEFAULT_SAMPLE_RATE) if isinstance(model, dict) else DEFAULT_SAMPLE_RATE
+    if not isinstance(rate, int) or rate <= 0:
+        raise EngineLoadError(f"{path}: model.sample_rate must be a positive integer, got {rate!r}")
+    return rate
+
+
+def load_voices(model_dir: Path, only: Collection[str] = ()) -> list[SambertVoice]:
+    names = read_voice_names(model_dir)
+    unknown = [v for v in only if v not in names]
+    if unknown:
+        raise EngineLoadError(
+            f"model.voices names {unknown} not in {model_dir / 'voices' / 'voices.json'} (available: {names})"
+        )
+    selected = [n for n in names if not only or n in only]
+    rate = _model_sample_rate(model_dir)
+    voices = []
+    for name in selected:
+        t0 = time.perf_counter()
+        voices.append(SambertVoice(voice_files(model_dir, name), rate))
+        logger.info("loaded voice %s in %.2f s", name, time.perf_counter() - t0)
+    return voices
+
+
+def load_sambert_engine(settings: Settings) -> SambertEngine:
+    """Build the engine from ``settings.model``: local ``model_dir`` or ``model_id`` downloaded into the cache."""
+    cfg = settings.model
+    torch.set_num_threads(cfg.torch_threads)
+    model_dir = resolve_model_dir(cfg.model_dir, cfg.model_id, cfg.cache_dir)
+    return SambertEngine(load_voices(model_dir, cfg.voices), cfg.torch_threads)

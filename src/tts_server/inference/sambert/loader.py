@@ -1,0 +1,196 @@
+"""Reading a model directory in the published ModelScope Sambert-HifiGan layout.
+
+Layout (per voice, under ``voices/<name>/``): ``am/config.yaml``, ``am/ckpt/checkpoint_<n>.pth`` (``['model']``),
+``voc/config.yaml``, ``voc/ckpt/checkpoint_<n>.pth`` (``['model']['generator']``), ``dict/<language>/`` (phone set
+and tone list). ``voices/voices.json`` lists the voices; its first entry is the default voice.
+
+Everything here fails with :class:`EngineLoadError` whose message names the file (and key) at fault, because a
+worker that cannot load its model must say exactly why before it exits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from tts_server.inference.engine import EngineLoadError
+
+logger = logging.getLogger(__name__)
+
+_CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)\.pth$")
+
+
+@dataclass(frozen=True)
+class VoiceFiles:
+    """Where one voice's files are."""
+
+    name: str
+    root: Path
+    am_config: Path
+    am_checkpoint: Path
+    voc_config: Path
+    voc_checkpoint: Path
+    dict_dir: Path
+
+
+def resolve_model_dir(model_dir: Path | None, model_id: str, cache_dir: Path) -> Path:
+    """Return a local model directory: ``model_dir`` as given, or ``model_id`` fetched through ModelScope."""
+    if model_dir is not None:
+        path = Path(model_dir).expanduser()
+        if not path.is_dir():
+            raise EngineLoadError(f"model.model_dir {path} does not exist or is not a directory")
+        return path
+    try:
+        from modelscope import snapshot_download
+    except ImportError as exc:
+        raise EngineLoadError(
+            f"model.model_dir is not set and model {model_id!r} cannot be downloaded: the optional package "
+            f"'modelscope' is not installed ({exc}). Either set model.model_dir (TTS_MODEL__MODEL_DIR) to a local "
+            f"copy of the model in the published layout, or install modelscope and pre-download it with "
+            f"modelscope.snapshot_download({model_id!r}, cache_dir={str(cache_dir)!r})."
+        ) from exc
+    try:
+        downloaded = snapshot_download(model_id, cache_dir=str(cache_dir))
+    except Exception as exc:  # the hub client raises many unrelated types (network, auth, disk)
+        raise EngineLoadError(
+            f"downloading model {model_id!r} into {cache_dir} with modelscope.snapshot_download failed: "
+            f"{type(exc).__name__}: {exc}. If this machine is offline, pre-download the model elsewhere and set "
+            f"model.model_dir (TTS_MODEL__MODEL_DIR) to it."
+        ) from exc
+    return Path(downloaded)
+
+
+def read_voice_names(model_dir: Path) -> list[str]:
+    """Voice names from ``voices/voices.json``, in file order (the first is the default)."""
+    path = model_dir / "voices" / "voices.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise EngineLoadError(f"{path} not found: {model_dir} is not a Sambert-HifiGan model directory") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EngineLoadError(f"cannot read {path}: {exc}") from exc
+    voices = data.get("voices") if isinstance(data, dict) else None
+    if not isinstance(voices, list) or not voices or not all(isinstance(v, str) and v for v in voices):
+        raise EngineLoadError(f"{path}: expected {{\"voices\": [<name>, ...]}} with at least one voice name")
+    if len(set(voices)) != len(voices):
+        raise EngineLoadError(f"{path}: duplicate voice names in {voices}")
+    return list(voices)
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path:
+    """The ``checkpoint_<n>.pth`` with the highest ``n`` (the most trained one, as ModelScope picks it)."""
+    if not ckpt_dir.is_dir():
+        raise EngineLoadError(f"checkpoint directory {ckpt_dir} not found")
+    found: list[tuple[int, Path]] = []
+    for entry in ckpt_dir.iterdir():
+        m = _CHECKPOINT_RE.match(entry.name)
+        if m and entry.is_file():
+            found.append((int(m.group(1)), entry))
+    if not found:
+        raise EngineLoadError(f"no checkpoint_<n>.pth file in {ckpt_dir}")
+    return max(found)[1]
+
+
+def voice_files(model_dir: Path, name: str, language: str | None = None) -> VoiceFiles:
+    root = model_dir / "voices" / name
+    if not root.is_dir():
+        raise EngineLoadError(f"voice {name!r} is listed in voices.json but {root} does not exist")
+    am_config = root / "am" / "config.yaml"
+    voc_config = root / "voc" / "config.yaml"
+    for cfg in (am_config, voc_config):
+        if not cfg.is_file():
+            raise EngineLoadError(f"voice {name!r}: {cfg} not found")
+    return VoiceFiles(
+        name=name,
+        root=root,
+        am_config=am_config,
+        am_checkpoint=latest_checkpoint(root / "am" / "ckpt"),
+        voc_config=voc_config,
+        voc_checkpoint=latest_checkpoint(root / "voc" / "ckpt"),
+        dict_dir=root / "dict",
+    )
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("r", encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise EngineLoadError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise EngineLoadError(f"{path}: expected a YAML mapping at the top level")
+    return data
+
+
+def config_section(config: Mapping[str, Any], path: Path, *keys: str) -> dict[str, Any]:
+    """``config[k1][k2]...`` as a mapping, or an error naming the missing key and file."""
+    node: Any = config
+    walked: list[str] = []
+    for key in keys:
+        walked.append(key)
+        if not isinstance(node, Mapping) or key not in node:
+            raise EngineLoadError(f"{path}: missing key '{'.'.join(walked)}'")
+        node = node[key]
+    if not isinstance(node, Mapping):
+        raise EngineLoadError(f"{path}: '{'.'.join(walked)}' must be a mapping")
+    return dict(node)
+
+
+def load_state_dict(path: Path, *keys: str) -> dict[str, torch.Tensor]:
+    """Load a checkpoint and return ``ckpt[k1][k2]...`` as a tensor dict.
+
+    ``weights_only=True`` first (no code execution from the file); every failure names the file.
+    """
+    try:
+        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise EngineLoadError(f"checkpoint {path} not found") from exc
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise EngineLoadError(f"cannot load checkpoint {path} (corrupted or not a torch checkpoint): {exc}") from exc
+    walked: list[str] = []
+    for key in keys:
+        walked.append(key)
+        if not isinstance(obj, Mapping) or key not in obj:
+            raise EngineLoadError(f"checkpoint {path}: missing entry {''.join(f'[{k!r}]' for k in walked)}")
+        obj = obj[key]
+    if not isinstance(obj, Mapping):
+        raise EngineLoadError(f"checkpoint {path}: {''.join(f'[{k!r}]' for k in keys)} is not a state dict")
+    state: dict[str, torch.Tensor] = {}
+    for name, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            raise EngineLoadError(f"checkpoint {path}: entry {name!r} is not a tensor")
+        state[str(name)] = value
+    return state
+
+
+def load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Copy ``state`` into ``module``; every key must exist on both sides with the same shape."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise EngineLoadError(f"checkpoint {path}: missing key {missing[0]!r}{more}")
+    if unexpected:
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        raise EngineLoadError(f"checkpoint {path}: unexpected key {unexpected[0]!r}{more}")
+    for key, target in own.items():
+        value = state[key]
+        if tuple(value.shape) != tuple(target.shape):
+            raise EngineLoadError(
+                f"checkpoint {path}: shape mismatch for key {key!r}: checkpoint has {tuple(value.shape)}, "
+                f"the model built from its config expects {tuple(target.shape)}"
+            )
+        if not value.is_floating_point() and target.is_floating_point():
+            raise EngineLoadError(f"checkpoint {path}: key {key!r} has dtype {value.dtype}, expected floating point")
+    module.load_state_dict(dict(state), strict=True)

@@ -1,0 +1,252 @@
+"""HiFi-GAN generator as KAN-TTS builds it (``kantts.models.hifigan.Generator``), inference only.
+
+Per upsampling stage the signal goes through ``x = sin(x) + x``, then two branches that are summed: a transposed
+convolution and a nearest-neighbour repeat followed by a convolution; then the mean of the residual blocks.
+Convolutions are causal (left padding only) when the config says so. Checkpoints store weight-normalised
+parameters (``weight_g``/``weight_v``); they are folded into plain weights once, at load time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tts_server.inference.engine import EngineLoadError
+from tts_server.inference.sambert.loader import load_strict
+
+
+@dataclass(frozen=True)
+class HifiGanConfig:
+    in_channels: int
+    out_channels: int
+    channels: int
+    kernel_size: int
+    upsample_scales: tuple[int, ...]
+    upsample_kernel_sizes: tuple[int, ...]
+    resblock_kernel_sizes: tuple[int, ...]
+    resblock_dilations: tuple[tuple[int, ...], ...]
+    repeat_upsample: bool
+    bias: bool
+    causal: bool
+    negative_slope: float
+    use_weight_norm: bool
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], source: str) -> HifiGanConfig:
+        def get(name: str, default: Any = None) -> Any:
+            if name not in params:
+                if default is None:
+                    raise EngineLoadError(f"{source}: missing key 'Model.Generator.params.{name}'")
+                return default
+            return params[name]
+
+        def ints(name: str) -> tuple[int, ...]:
+            raw = get(name)
+            if not isinstance(raw, list | tuple) or not raw or not all(_is_pos_int(v) for v in raw):
+                raise EngineLoadError(f"{source}: Model.Generator.params.{name} must be a list of positive ints")
+            return tuple(int(v) for v in raw)
+
+        def pos_int(name: str) -> int:
+            raw = get(name)
+            if not _is_pos_int(raw):
+                raise EngineLoadError(f"{source}: Model.Generator.params.{name} must be a positive int, got {raw!r}")
+            return int(raw)
+
+        if params.get("nsf_params"):
+            raise EngineLoadError(f"{source}: Model.Generator.params.nsf_params (NSF vocoder) is not supported")
+        activation = get("nonlinear_activation", "LeakyReLU")
+        if activation != "LeakyReLU":
+            raise EngineLoadError(f"{source}: nonlinear_activation {activation!r} is not supported (LeakyReLU only)")
+        act_params = get("nonlinear_activation_params", {"negative_slope": 0.01})
+        slope = act_params.get("negative_slope", 0.01) if isinstance(act_params, Mapping) else None
+        if not isinstance(slope, int | float):
+            raise EngineLoadError(f"{source}: nonlinear_activation_params.negative_slope must be a number")
+        dilations_raw = get("resblock_dilations")
+        if not isinstance(dilations_raw, list | tuple) or not all(
+            isinstance(d, list | tuple) and d and all(_is_pos_int(v) for v in d) for d in dilations_raw
+        ):
+            raise EngineLoadError(f"{source}: Model.Generator.params.resblock_dilations must be a list of int lists")
+        cfg = cls(
+            in_channels=pos_int("in_channels"),
+            out_channels=pos_int("out_channels"),
+            channels=pos_int("channels"),
+            kernel_size=pos_int("kernel_size"),
+            upsample_scales=ints("upsample_scales"),
+            upsample_kernel_sizes=ints("upsample_kernal_sizes"),
+            resblock_kernel_sizes=ints("resblock_kernel_sizes"),
+            resblock_dilations=tuple(tuple(int(v) for v in d) for d in dilations_raw),
+            repeat_upsample=bool(get("repeat_upsample", True)),
+            bias=bool(get("bias", True)),
+            causal=bool(get("causal", True)),
+            negative_slope=float(slope),
+            use_weight_norm=bool(get("use_weight_norm", True)),
+        )
+        if cfg.out_channels != 1:
+            raise EngineLoadError(f"{source}: out_channels {cfg.out_channels} (multi-band PQMF) is not supported")
+        if cfg.kernel_size % 2 == 0 or any(k % 2 == 0 for k in cfg.resblock_kernel_sizes):
+            raise EngineLoadError(f"{source}: kernel sizes must be odd")
+        if len(cfg.upsample_scales) != len(cfg.upsample_kernel_sizes):
+            raise EngineLoadError(f"{source}: upsample_scales and upsample_kernal_sizes differ in length")
+        if len(cfg.resblock_dilations) != len(cfg.resblock_kernel_sizes):
+            raise EngineLoadError(f"{source}: resblock_dilations and resblock_kernel_sizes differ in length")
+        if cfg.channels % (2 ** len(cfg.upsample_scales)):
+            raise EngineLoadError(f"{source}: channels must be divisible by 2**len(upsample_scales)")
+        return cfg
+
+    @property
+    def hop_length(self) -> int:
+        hop = 1
+        for s in self.upsample_scales:
+            hop *= s
+        return hop
+
+
+def _is_pos_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+class Conv(nn.Module):
+    """1-D convolution, causal (all padding on the left) or centred."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, dilation: int, causal: bool, bias: bool = True) -> None:
+        super().__init__()
+        self.left = (kernel - 1) * dilation if causal else (kernel * dilation - dilation) // 2
+        self.right = 0 if causal else self.left
+        self.conv1d = nn.Conv1d(c_in, c_out, kernel, dilation=dilation, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.conv1d(F.pad(x, (self.left, self.right)))
+        return out
+
+
+class Deconv(nn.Module):
+    """Transposed convolution; the causal variant drops the trailing ``kernel - stride`` samples."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, causal: bool) -> None:
+        super().__init__()
+        self.stride = stride
+        self.causal = causal
+        self.deconv = nn.ConvTranspose1d(c_in, c_out, kernel, stride, padding=0 if causal else (kernel - stride) // 2)
+        self.trim = kernel - stride if causal else 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.deconv(x)
+        if self.trim > 0:
+            out = out[:, :, : out.shape[-1] - self.trim]
+        return out
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int, kernel: int, dilations: Sequence[int], causal: bool, slope: float) -> None:
+        super().__init__()
+        self.slope = slope
+        self.convs1 = nn.ModuleList(Conv(channels, channels, kernel, d, causal) for d in dilations)
+        self.convs2 = nn.ModuleList(Conv(channels, channels, kernel, 1, causal) for _ in dilations)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for c1, c2 in zip(self.convs1, self.convs2, strict=True):
+            xt = c1(F.leaky_relu(x, self.slope))
+            xt = c2(F.leaky_relu(xt, self.slope))
+            x = xt + x
+        return x
+
+
+class HifiGanGenerator(nn.Module):
+    def __init__(self, cfg: HifiGanConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        ch = cfg.channels
+        k = cfg.kernel_size
+        self.conv_pre = Conv(cfg.in_channels, ch, k, 1, cfg.causal)
+        self.transpose_upsamples = nn.ModuleList()
+        self.repeat_upsamples = nn.ModuleList()
+        self.conv_blocks = nn.ModuleList()
+        for i, (scale, up_k) in enumerate(zip(cfg.upsample_scales, cfg.upsample_kernel_sizes, strict=True)):
+            c_in, c_out = ch // (2**i), ch // (2 ** (i + 1))
+            # Index 0 (and 1 for the repeat branch) hold parameter-free layers in the checkpoint layout.
+            self.transpose_upsamples.append(nn.ModuleList([nn.Identity(), Deconv(c_in, c_out, up_k, scale, cfg.causal)]))
+            if cfg.repeat_upsample:
+                self.repeat_upsamples.append(
+                    nn.ModuleList([nn.Identity(), nn.Identity(), Conv(c_in, c_out, k, 1, cfg.causal)])
+                )
+            for rk, rd in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilations, strict=True):
+                self.conv_blocks.append(ResidualBlock(c_out, rk, rd, cfg.causal, cfg.negative_slope))
+        self.conv_post = Conv(ch // (2 ** len(cfg.upsample_scales)), cfg.out_channels, k, 1, cfg.causal)
+
+    def forward(self, mel: Tensor) -> Tensor:
+        """``mel``: [frames, in_channels] -> waveform [frames * hop]."""
+        cfg = self.cfg
+        slope = cfg.negative_slope
+        n_kernels = len(cfg.resblock_kernel_sizes)
+        x = self.conv_pre(mel.t().unsqueeze(0))
+        for i, scale in enumerate(cfg.upsample_scales):
+            x = torch.sin(x) + x
+            act = F.leaky_relu(x, slope)
+            up = self.transpose_upsamples[i][1](act)
+            if cfg.repeat_upsample:
+                rep = self.repeat_upsamples[i][2](torch.repeat_interleave(act, scale, dim=-1))
+                x = rep + up[:, :, : rep.shape[-1]]
+            else:
+                x = up
+            xs = self.conv_blocks[i * n_kernels](x)
+            for j in range(1, n_kernels):
+                xs = xs + self.conv_blocks[i * n_kernels + j](x)
+            x = xs / n_kernels
+        x = self.conv_post(F.leaky_relu(x))
+        return torch.tanh(x).reshape(-1)
+
+
+def fold_weight_norm(module: nn.Module, raw: Mapping[str, Tensor], path: Path, weight_norm: bool) -> dict[str, Tensor]:
+    """Map a checkpoint state dict onto ``module``'s plain parameters, checking keys and shapes strictly.
+
+    With weight norm every ``<p>.weight`` of the module must come as ``<p>.weight_g`` + ``<p>.weight_v`` in the
+    checkpoint; ``weight = g * v / ||v||`` with the norm over all dimensions but the first.
+    """
+    own = module.state_dict()
+    expected: dict[str, tuple[int, ...]] = {}
+    for key, value in own.items():
+        shape = tuple(value.shape)
+        if weight_norm and key.endswith(".weight"):
+            stem = key[: -len("weight")]
+            expected[stem + "weight_v"] = shape
+            expected[stem + "weight_g"] = (shape[0],) + (1,) * (len(shape) - 1)
+        else:
+            expected[key] = shape
+    missing = [k for k in expected if k not in raw]
+    if missing:
+        raise EngineLoadError(f"checkpoint {path}: missing key {missing[0]!r}")
+    unexpected = [k for k in raw if k not in expected]
+    if unexpected:
+        raise EngineLoadError(f"checkpoint {path}: unexpected key {unexpected[0]!r}")
+    for key, shape in expected.items():
+        if tuple(raw[key].shape) != shape:
+            raise EngineLoadError(
+                f"checkpoint {path}: shape mismatch for key {key!r}: checkpoint has {tuple(raw[key].shape)}, "
+                f"the generator built from its config expects {shape}"
+            )
+    folded: dict[str, Tensor] = {}
+    for key in own:
+        if weight_norm and key.endswith(".weight"):
+            stem = key[: -len("weight")]
+            v = raw[stem + "weight_v"].float()
+            g = raw[stem + "weight_g"].float()
+            norm = torch.linalg.vector_norm(v, dim=tuple(range(1, v.dim())), keepdim=True)
+            folded[key] = v * (g / norm)
+        else:
+            folded[key] = raw[key]
+    return folded
+
+
+def build_generator(cfg: HifiGanConfig, raw_state: Mapping[str, Tensor], path: Path) -> HifiGanGenerator:
+    gen = HifiGanGenerator(cfg)
+    load_strict(gen, fold_weight_norm(gen, raw_state, path, cfg.use_weight_norm), path)
+    gen.eval()
+    for p in gen.parameters():
+        p.requires_grad_(False)
+    return gen

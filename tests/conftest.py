@@ -1,0 +1,81 @@
+"""Shared fixtures: settings for the deterministic test engine, and an app running inside its lifespan."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from tts_server.api.app import create_app
+from tts_server.config import Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+PARITY_DIR = SHARED / "reference" / "sambert-parity"
+
+TONE_ENGINE = "tests.engines:tone_engine"
+
+
+def _deep_update(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _deep_update(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+@pytest.fixture
+def engine_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """File the test engine appends ``pid<TAB>text`` to for every job it runs (spawned workers inherit the env)."""
+    path = tmp_path / "engine.log"
+    monkeypatch.setenv("TTS_TEST_ENGINE_LOG", str(path))
+    return path
+
+
+def read_log(path: Path) -> list[tuple[int, str]]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        pid, _, text = line.partition("\t")
+        rows.append((int(pid), text))
+    return rows
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    def factory(**overrides: Any) -> Settings:
+        base: dict[str, Any] = {
+            "engine": {"name": TONE_ENGINE},
+            "pool": {"workers": 2, "queue_size": 8, "job_timeout_s": 20.0, "startup_timeout_s": 60.0,
+                     "restart_backoff_s": 0.1, "kill_grace_s": 1.0},
+            "model": {"cache_dir": str(tmp_path / "cache")},
+        }
+        return load_settings(None, **_deep_update(base, overrides))
+
+    return factory
+
+
+@asynccontextmanager
+async def running_app(settings: Settings, *, wait_ready: bool = True) -> AsyncIterator[tuple[FastAPI,
+                                                                                           httpx.AsyncClient]]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        if wait_ready:
+            assert await app.state.tts.pool.wait_ready(60), "no worker became ready"
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://tts.test", timeout=60) as client:
+            yield app, client
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -1,0 +1,116 @@
+"""Small deterministic engines for tests (loaded in worker processes via ``engine.name = "tests.engines:..."``).
+
+Directives in the text steer the fault cases, e.g. ``"[sleep=0.5] 你好"``:
+- ``sleep=S``: sleep S seconds per sentence before returning audio (a slow job);
+- ``fail``: raise an EngineError (the input is "bad");
+- ``boom``: raise a plain exception (an engine bug -> 500 without internals);
+- ``exit``: the worker process dies abruptly (os._exit) on its first attempt at this job;
+- ``leak=MB``: keep MB megabytes alive forever (memory growth).
+Every job that runs appends ``pid<TAB>text`` to the file named by ``TTS_TEST_ENGINE_LOG`` (if set), so tests can
+check what ran and where.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+
+from tts_server.config import Settings
+from tts_server.inference.engine import EngineError, Synthesis, VoiceInfo
+
+SAMPLE_RATE = 16000
+#: Seconds of audio per character at speed 1.0.
+SECONDS_PER_CHAR = 0.01
+
+VOICES = {
+    "alpha": VoiceInfo("alpha", ("neutral", "happy", "sad"), "neutral", SAMPLE_RATE),
+    "beta": VoiceInfo("beta", ("neutral", "angry"), "neutral", SAMPLE_RATE),
+}
+
+_DIRECTIVE = re.compile(r"\[([a-z]+)(?:=([0-9.]+))?\]")
+_LEAKED: list[bytearray] = []
+
+
+class ToneEngine:
+    """Speaks a sine tone whose pitch depends on voice and emotion and whose length depends on the text."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.warmed = False
+
+    def voices(self) -> Mapping[str, VoiceInfo]:
+        return VOICES
+
+    def warm_up(self) -> None:
+        self.synthesize("warm up", "alpha", "neutral", 1.0)
+        self.warmed = True
+
+    def synthesize(self, text: str, voice: str, emotion: str, speed: float) -> Synthesis:
+        pieces = list(self.synthesize_stream(text, voice, emotion, speed))
+        audio = np.concatenate([p.audio for p in pieces]).astype(np.float32)
+        stages: dict[str, float] = {}
+        for p in pieces:
+            for k, v in p.stage_seconds.items():
+                stages[k] = stages.get(k, 0.0) + v
+        return Synthesis(audio, SAMPLE_RATE, stages)
+
+    def synthesize_stream(self, text: str, voice: str, emotion: str, speed: float) -> Iterator[Synthesis]:
+        if voice not in VOICES:
+            raise EngineError(f"unknown voice {voice!r}", param="voice")
+        if emotion not in VOICES[voice].emotions:
+            raise EngineError(f"unknown emotion {emotion!r}", param="emotion")
+        self._log(text)
+        directives = dict(_DIRECTIVE.findall(text))
+        if "exit" in directives and self.warmed:
+            marker = os.environ.get("TTS_TEST_ENGINE_LOG", "") + ".exited"
+            if not os.path.exists(marker):
+                open(marker, "w").close()
+                os._exit(17)
+        if "fail" in directives:
+            raise EngineError("the test engine refuses this text", param="text")
+        if "boom" in directives:
+            raise RuntimeError("secret internal detail /etc/passwd")
+        if "leak" in directives:
+            _LEAKED.append(bytearray(int(float(directives["leak"]) * 1024 * 1024)))
+            _LEAKED[-1][::4096] = b"x" * len(_LEAKED[-1][::4096])  # touch pages so RSS grows
+        sleep = float(directives.get("sleep") or 0)
+        body = _DIRECTIVE.sub("", text)
+        sentences = [s for s in re.split(r"(?<=[。！？.!?])", body) if s.strip()] or [body or " "]
+        base = 220.0 + 40.0 * list(VOICES).index(voice) + 20.0 * VOICES[voice].emotions.index(emotion)
+        for sentence in sentences:
+            t0 = time.perf_counter()
+            if sleep:
+                time.sleep(sleep)
+            n = max(1, int(len(sentence) * SECONDS_PER_CHAR * SAMPLE_RATE / speed))
+            t = np.arange(n, dtype=np.float32) / SAMPLE_RATE
+            audio = (0.3 * np.sin(2 * np.pi * base * t)).astype(np.float32)
+            yield Synthesis(audio, SAMPLE_RATE, {"frontend": 0.0, "acoustic": time.perf_counter() - t0,
+                                                 "vocoder": 0.0})
+
+    def _log(self, text: str) -> None:
+        path = os.environ.get("TTS_TEST_ENGINE_LOG")
+        if path:
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(f"{os.getpid()}\t{text}\n")
+
+
+def tone_engine(settings: Settings) -> ToneEngine:
+    return ToneEngine(settings)
+
+
+def broken_engine(settings: Settings) -> ToneEngine:
+    raise RuntimeError("this engine never loads")
+
+
+class SlowStartEngine(ToneEngine):
+    def warm_up(self) -> None:
+        time.sleep(1.5)
+        super().warm_up()
+
+
+def slow_start_engine(settings: Settings) -> SlowStartEngine:
+    return SlowStartEngine(settings)

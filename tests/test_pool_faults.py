@@ -1,0 +1,277 @@
+"""Fault injection against the real pool: overload, deadlines, kill -9, hang, recycling, drain, readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import pid_alive, read_log, running_app
+from tts_server.config import Settings
+from tts_server.inference.pool import DeadlineExceeded, JobCancelled, WorkerPool
+
+
+async def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+def _texts(log: Path) -> list[str]:
+    return [text for _, text in read_log(log)]
+
+
+async def test_overload_rejects_fast_with_retry_after(make_settings: Callable[..., Settings],
+                                                      engine_log: Path) -> None:
+    settings = make_settings(pool={"workers": 1, "queue_size": 2})
+    async with running_app(settings) as (app, client):
+        pool: WorkerPool = app.state.tts.pool
+        running = asyncio.create_task(client.post("/v1/synthesize", json={"text": "[sleep=1.0] 一"}))
+        await _wait_for(lambda: pool.stats().in_progress == 1)
+        queued = [asyncio.create_task(client.post("/v1/synthesize", json={"text": f"[sleep=0.1] 二{i}"}))
+                  for i in range(2)]
+        await _wait_for(lambda: pool.stats().queue_depth == 2)
+        t0 = time.perf_counter()
+        rejected = await asyncio.gather(*(client.post("/v1/synthesize", json={"text": "三"}) for _ in range(3)))
+        reject_time = time.perf_counter() - t0
+        for r in rejected:
+            assert r.status_code == 503
+            assert int(r.headers["retry-after"]) >= 1
+            assert r.json()["error"]["code"] == "queue_full"
+        assert reject_time < 0.5  # refused at once, not after waiting
+        for r in [await running, *await asyncio.gather(*queued)]:
+            assert r.status_code == 200
+        assert "三" not in _texts(engine_log)
+        metrics = (await client.get("/metrics")).text
+        assert 'tts_requests_rejected_total{reason="queue_full"} 3.0' in metrics
+
+
+async def test_expired_job_never_runs(make_settings: Callable[..., Settings], engine_log: Path) -> None:
+    pool = WorkerPool(make_settings(pool={"workers": 1}))
+    await pool.start()
+    try:
+        assert await pool.wait_ready(60)
+        slow = pool.submit(text="[sleep=0.8] slow", voice="alpha", emotion="neutral", speed=1.0, request_id="a")
+        doomed = pool.submit(text="doomed", voice="alpha", emotion="neutral", speed=1.0, request_id="b",
+                             timeout_s=0.3)
+        with pytest.raises(DeadlineExceeded):
+            await doomed.result()
+        assert (await slow.result()).audio_seconds > 0
+        assert "doomed" not in _texts(engine_log)
+    finally:
+        await pool.close()
+
+
+async def test_deadline_while_running_kills_and_replaces_worker(make_settings: Callable[..., Settings],
+                                                                engine_log: Path) -> None:
+    settings = make_settings(pool={"workers": 1, "job_timeout_s": 1.0})
+    async with running_app(settings) as (app, client):
+        pool: WorkerPool = app.state.tts.pool
+        old_pid = pool.stats().workers[0].pid
+        r = await client.post("/v1/synthesize", json={"text": "[sleep=5] 太慢"})
+        assert r.status_code == 504
+        assert r.json()["error"]["code"] == "deadline_exceeded"
+        assert old_pid is not None
+        await _wait_for(lambda: not pid_alive(old_pid) or _is_zombie(old_pid))
+        await _wait_for(lambda: pool.stats().count("ready") == 1)
+        assert pool.stats().workers[0].pid != old_pid
+        assert pool.stats().restarts["timeout"] == 1
+        assert (await client.post("/v1/synthesize", json={"text": "好"})).status_code == 200
+
+
+def _is_zombie(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+async def test_kill9_mid_job_is_retried_and_slot_returns(make_settings: Callable[..., Settings],
+                                                         engine_log: Path) -> None:
+    async with running_app(make_settings(pool={"workers": 2})) as (app, client):
+        pool: WorkerPool = app.state.tts.pool
+        await _wait_for(lambda: pool.stats().count("ready") == 2)
+        request = asyncio.create_task(client.post("/v1/synthesize", json={"text": "[sleep=1.5] 被杀的请求"}))
+        await _wait_for(lambda: any("被杀" in t for t in _texts(engine_log)))
+        victim = next(pid for pid, text in read_log(engine_log) if "被杀" in text)
+        t_kill = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        r = await request
+        assert r.status_code == 200, r.text
+        runs = [pid for pid, text in read_log(engine_log) if "被杀" in text]
+        assert len(runs) == 2
+        assert runs[0] == victim != runs[1]
+        await _wait_for(lambda: pool.stats().count("ready") == 2, timeout=5.0)
+        assert time.monotonic() - t_kill < 5.0
+        assert pool.stats().restarts["crash"] == 1
+        metrics = (await client.get("/metrics")).text
+        assert 'tts_worker_restarts_total{reason="crash"} 1.0' in metrics
+
+
+async def test_worker_dying_twice_gives_503(make_settings: Callable[..., Settings], engine_log: Path) -> None:
+    async with running_app(make_settings(pool={"workers": 1})) as (app, client):
+        request = asyncio.create_task(client.post("/v1/synthesize", json={"text": "[sleep=3] 两次"}))
+        for attempt in range(2):
+            await _wait_for(lambda n=attempt: sum("两次" in t for t in _texts(engine_log)) == n + 1)
+            os.kill(read_log(engine_log)[-1][0], signal.SIGKILL)
+        r = await request
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "worker_crashed"
+        assert "Traceback" not in r.text
+
+
+async def test_idle_worker_death_is_noticed(make_settings: Callable[..., Settings]) -> None:
+    async with running_app(make_settings(pool={"workers": 1})) as (app, client):
+        pool: WorkerPool = app.state.tts.pool
+        pid = pool.stats().workers[0].pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await _wait_for(lambda: pool.stats().restarts["crash"] == 1, timeout=3.0)
+        await _wait_for(lambda: pool.stats().count("ready") == 1)
+        assert (await client.post("/v1/synthesize", json={"text": "好"})).status_code == 200
+
+
+async def test_hung_worker_gets_504_and_is_replaced(make_settings: Callable[..., Settings],
+                                                    engine_log: Path) -> None:
+    settings = make_settings(pool={"workers": 2, "job_timeout_s": 1.5})
+    async with running_app(settings) as (app, client):
+        pool: WorkerPool = app.state.tts.pool
+        await _wait_for(lambda: pool.stats().count("ready") == 2)
+        request = asyncio.create_task(client.post("/v1/synthesize", json={"text": "[sleep=0.5] 挂起"}))
+        await _wait_for(lambda: any("挂起" in t for t in _texts(engine_log)))
+        victim = next(pid for pid, text in read_log(engine_log) if "挂起" in text)
+        os.kill(victim, signal.SIGSTOP)
+        # The other worker keeps serving while one is hung.
+        other = await client.post("/v1/synthesize", json={"text": "另一个"})
+        assert other.status_code == 200
+        r = await request
+        assert r.status_code == 504
+        await _wait_for(lambda: pool.stats().count("ready") == 2, timeout=10.0)
+        assert victim not in {w.pid for w in pool.stats().workers}
+        assert not pid_alive(victim) or _is_zombie(victim)
+        assert pool.stats().restarts["timeout"] == 1
+
+
+async def test_recycle_after_n_jobs_fails_nothing(make_settings: Callable[..., Settings], engine_log: Path) -> None:
+    settings = make_settings(pool={"workers": 1, "max_jobs_per_worker": 2})
+    async with running_app(settings) as (app, client):
+        results = [await client.post("/v1/synthesize", json={"text": f"第{i}个"}) for i in range(5)]
+        assert [r.status_code for r in results] == [200] * 5
+        pids = [pid for pid, text in read_log(engine_log) if text.startswith("第")]
+        assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4]
+        assert app.state.tts.pool.stats().restarts["recycle_jobs"] >= 2
+
+
+async def test_recycle_on_memory_ceiling(make_settings: Callable[..., Settings], engine_log: Path) -> None:
+    import psutil
+
+    settings = make_settings(pool={"workers": 1})
+    async with running_app(settings) as (app, _):
+        pid = app.state.tts.pool.stats().workers[0].pid
+        baseline_mb = psutil.Process(pid).memory_info().rss // (1024 * 1024)
+    settings = make_settings(pool={"workers": 1, "max_worker_rss_mb": baseline_mb + 120})
+    async with running_app(settings) as (app, client):
+        results = await asyncio.gather(*(client.post("/v1/synthesize", json={"text": f"[leak=50] 漏{i}"})
+                                         for i in range(6)))
+        assert [r.status_code for r in results] == [200] * 6
+        assert app.state.tts.pool.stats().restarts["recycle_memory"] >= 1
+        assert len({pid for pid, text in read_log(engine_log) if "漏" in text}) >= 2
+
+
+async def test_cancelled_queued_job_never_runs(make_settings: Callable[..., Settings], engine_log: Path) -> None:
+    pool = WorkerPool(make_settings(pool={"workers": 1}))
+    await pool.start()
+    try:
+        assert await pool.wait_ready(60)
+        first = pool.submit(text="[sleep=0.5] 先", voice="alpha", emotion="neutral", speed=1.0, request_id="a")
+        gone = pool.submit(text="走了", voice="alpha", emotion="neutral", speed=1.0, request_id="b")
+        pool.cancel(gone)
+        with pytest.raises(JobCancelled):
+            await gone.result()
+        assert pool.stats().queue_depth == 0
+        await first.result()
+        await asyncio.sleep(0.2)
+        assert "走了" not in _texts(engine_log)
+    finally:
+        await pool.close()
+
+
+async def test_client_disconnect_cancels_queued_request(make_settings: Callable[..., Settings],
+                                                        engine_log: Path) -> None:
+    async with running_app(make_settings(pool={"workers": 1})) as (app, client):
+        pool: WorkerPool = app.state.tts.pool
+        busy = asyncio.create_task(client.post("/v1/synthesize", json={"text": "[sleep=0.8] 忙"}))
+        await _wait_for(lambda: pool.stats().in_progress == 1)
+        impatient = asyncio.create_task(client.post("/v1/synthesize", json={"text": "不等了"}))
+        await _wait_for(lambda: pool.stats().queue_depth == 1)
+        impatient.cancel()  # the client goes away
+        with pytest.raises(asyncio.CancelledError):
+            await impatient
+        await _wait_for(lambda: pool.stats().queue_depth == 0, timeout=2.0)
+        assert (await busy).status_code == 200
+        await asyncio.sleep(0.2)
+        assert "不等了" not in _texts(engine_log)
+
+
+async def test_drain_on_shutdown_completes_inflight(make_settings: Callable[..., Settings]) -> None:
+    from tts_server.api.app import create_app
+
+    app = create_app(make_settings(pool={"workers": 1, "queue_size": 4}))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://tts.test", timeout=30) as client:
+        lifespan = app.router.lifespan_context(app)
+        await lifespan.__aenter__()
+        pool: WorkerPool = app.state.tts.pool
+        assert await pool.wait_ready(60)
+        requests = [asyncio.create_task(client.post("/v1/synthesize", json={"text": f"[sleep=0.3] 收尾{i}"}))
+                    for i in range(3)]
+        await _wait_for(lambda: pool.stats().in_progress == 1)
+        shutdown = asyncio.create_task(lifespan.__aexit__(None, None, None))
+        await _wait_for(lambda: pool.draining)
+        assert (await client.get("/readyz")).status_code == 503
+        late = await client.post("/v1/synthesize", json={"text": "太晚了"})
+        assert late.status_code == 503
+        assert "retry-after" in late.headers
+        results = await asyncio.gather(*requests)
+        assert [r.status_code for r in results] == [200, 200, 200]
+        await shutdown
+        assert all(w.pid is None for w in pool.stats().workers)
+
+
+async def test_readyz_before_and_after_ready(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(engine={"name": "tests.engines:slow_start_engine"}, pool={"workers": 1})
+    async with running_app(settings, wait_ready=False) as (app, client):
+        r = await client.get("/readyz")
+        assert r.status_code == 503
+        assert "retry-after" in r.headers
+        early = await client.post("/v1/synthesize", json={"text": "好"})
+        assert early.status_code == 503
+        assert early.json()["error"]["code"] == "not_ready"
+        assert (await client.get("/health")).status_code == 503
+        assert await app.state.tts.pool.wait_ready(60)
+        assert (await client.get("/readyz")).status_code == 200
+        assert (await client.post("/v1/synthesize", json={"text": "好"})).status_code == 200
+
+
+async def test_crash_loop_marks_slot_dead(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(engine={"name": "tests.engines:broken_engine"},
+                             pool={"workers": 1, "crash_loop_threshold": 2, "restart_backoff_s": 0.05})
+    async with running_app(settings, wait_ready=False) as (app, client):
+        pool: WorkerPool = app.state.tts.pool
+        await _wait_for(lambda: pool.stats().count("dead") == 1, timeout=60)
+        assert (await client.get("/readyz")).status_code == 503
+        health = await client.get("/health")
+        assert health.status_code == 503
+        assert health.json()["workers"]["dead"] == 1
+        r = await client.post("/v1/synthesize", json={"text": "好"})
+        assert r.status_code == 503
