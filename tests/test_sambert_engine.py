@@ -7,6 +7,7 @@ import types
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -139,7 +140,8 @@ def test_unknown_emotion(engine: SambertEngine) -> None:
     assert info.value.param == "emotion"
     assert info.value.client_error
     assert "furious" in info.value.public_message
-    assert "neutral" in info.value.public_message and "happy" in info.value.public_message
+    assert "neutral" in info.value.public_message
+    assert "happy" in info.value.public_message
 
 
 def test_unknown_voice(engine: SambertEngine) -> None:
@@ -213,10 +215,11 @@ class _FakeUtterance:
 class _FakeFrontend:
     """Stands in for the Chinese frontend: records the call and returns fixed utterances."""
 
-    calls: list[dict[str, object]] = []
+    calls: ClassVar[list[dict[str, object]]] = []
 
     def __init__(self, phone_inventory: frozenset[str] | None = None) -> None:
-        assert phone_inventory is not None and "n_c" in phone_inventory
+        assert phone_inventory is not None
+        assert "n_c" in phone_inventory
         self.phone_inventory = phone_inventory
 
     def process(

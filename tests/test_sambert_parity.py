@@ -114,7 +114,9 @@ def test_engine_end_to_end_matches_reference(
     assert set(result.stage_seconds) == {"frontend", "acoustic", "vocoder"}
 
 
-def test_emotion_rewrite_reproduces_other_case(cases: dict[str, npt.NDArray[np.generic]], engine: SambertEngine) -> None:
+def test_emotion_rewrite_reproduces_other_case(
+    cases: dict[str, npt.NDArray[np.generic]], engine: SambertEngine
+) -> None:
     """Neutral symbols synthesised with emotion=happy give the reference's happy case."""
     result = engine.synthesize(str(cases["beijing_neutral/symbols"]), "zhitian_emo", "happy", 1.0)
     assert _max_abs(result.audio, cases["beijing_happy/wav"]) <= TOL

@@ -25,20 +25,23 @@ SPEAKERS = "F7,F74,FBYN,FRXL,M7,xiaoyu"
 SAMPLE_RATE = 16000
 HOP = 200
 
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
 # Mandarin phones of the KAN-TTS PinYin phone set (initials, finals, zero-initial fillers, English phones, erhua
 # finals, pause), in the published order.
-_CN = (
+_CN = _words(
     "a ai an ang ao b c ch d e ei en eng er f g h i ia ian iang iao ie ih ii in ing io iong iou j k l m n o ong ou "
     "p q r s sh t u ua uai uan uang uei uen ueng uo v van ve vn xx z zh w y"
-).split()
+)
 _FILLERS = ["ga", "ge", "go"]
-_EN = (
-    "aa ae ah ao aw ay b ch d dh eh er ey f g hh ih iy jh k l m n ng ow oy p r s sh t th uh uw v w y z zh"
-).split()
-_ERHUA = (
+_EN = _words("aa ae ah ao aw ay b ch d dh eh er ey f g hh ih iy jh k l m n ng ow oy p r s sh t th uh uw v w y z zh")
+_ERHUA = _words(
     "air angr anr aor ar eir engr enr iangr ianr iaor iar ier ihr iir ingr inr iongr iour ir ongr or our uair "
     "uangr uanr uar ueir uenr uor ur vanr ver vnr vr"
-).split()
+)
 PHONES = [p + "_c" for p in _CN] + _FILLERS + _EN + [p + "_c" for p in _ERHUA] + ["pau"]
 TONES = ["1", "", "4", "2", "3", "5", "0"]
 

@@ -1,16 +1,21 @@
 """Settings: one frozen model, loaded once from a TOML file and ``TTS_`` environment variables.
 
-Precedence (highest first): explicit init kwargs, environment (``TTS_POOL__WORKERS=4``), the TOML file, defaults.
+Precedence (highest first): explicit overrides (CLI flags, tests), environment (``TTS_POOL__WORKERS=4``), the TOML
+file, defaults. Sections merge key by key across sources.
 Unknown keys anywhere are an error that names the key, so a typo never silently falls back to a default.
 """
 
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
+from contextvars import ContextVar
+from types import MappingProxyType
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -110,23 +115,26 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The TOML file arrives as init kwargs (see load_settings) and must lose to the environment, so the
-        # environment goes first.
-        return (env_settings, init_settings)
+        return (init_settings, env_settings, _TomlFileSource(settings_cls))
+
+
+#: Values of the TOML file being loaded by ``load_settings`` (a context variable, so concurrent loads in
+#: different tasks cannot see each other's file).
+_FILE_VALUES: ContextVar[Mapping[str, Any]] = ContextVar("tts_settings_file_values", default=MappingProxyType({}))
+
+
+class _TomlFileSource(PydanticBaseSettingsSource):
+    """Lowest-priority source: the TOML file handed to ``load_settings``."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return _FILE_VALUES.get().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_FILE_VALUES.get())
 
 
 class ConfigError(Exception):
     """The configuration is invalid; the message names the offending key."""
-
-
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:
@@ -153,12 +161,11 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from exc
         source = str(config_file)
+    token = _FILE_VALUES.set(file_values)
     try:
-        settings = Settings(**file_values)
-        if overrides:
-            # Explicit overrides (CLI flags, tests) beat both the file and the environment.
-            merged = _deep_merge(settings.model_dump(), overrides)
-            settings = Settings.model_validate(merged)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, source)) from exc
+    finally:
+        _FILE_VALUES.reset(token)
     return settings

@@ -161,8 +161,11 @@ def _clock(m: re.Match[str]) -> str:
     hour, minute, second = int(m.group(1)), int(m.group(2)), m.group(3)
     if hour > 24 or minute > 59 or (second is not None and int(second) > 59):
         # Not a time of day: a score or ratio (3:2).
-        return read_cardinal(m.group(1)) + "比" + read_cardinal(m.group(2)) + (
-            "比" + read_cardinal(second) if second is not None else ""
+        return (
+            read_cardinal(m.group(1))
+            + "比"
+            + read_cardinal(m.group(2))
+            + ("比" + read_cardinal(second) if second is not None else "")
         )
     out = ("两" if hour == 2 else read_cardinal(m.group(1))) + "点"
     if minute or second is not None:
@@ -246,24 +249,25 @@ _Rule = tuple[re.Pattern[str], Callable[[re.Match[str]], str] | str]
 
 _RULES: list[_Rule] = [
     # 1,234,567 -> 1234567
-    (re.compile(r"(?<![[0-9].])([0-9]{1,3}(?:,[0-9]{3})+)(?![[0-9],])"), lambda m: m.group(1).replace(",", "")),
+    (re.compile(r"(?<![0-9.])([0-9]{1,3}(?:,[0-9]{3})+)(?![0-9,])"), lambda m: m.group(1).replace(",", "")),
     # Phone numbers before dates and ranges: +86 138 1234 5678, 13812345678, 010-12345678, 400-123-4567.
-    (re.compile(r"(?<![[0-9].])(?:\+86[-\s]?)?1[3-9][0-9][-\s]?[0-9]{4}[-\s]?[0-9]{4}(?![[0-9].])"), _phone),
-    (re.compile(r"(?<![[0-9].])(?:0[0-9]{2,3}|400|800)-[0-9]{3,4}-?[0-9]{4}(?![[0-9].])"), _phone),
-    (re.compile(r"(?<![[0-9].])([0-9]{4})[-/.]([0-9]{1,2})[-/.]([0-9]{1,2})(?![[0-9].])"), _date),
-    (re.compile(r"(?<![[0-9].])([0-9]{4})[-/]([0-9]{1,2})(?![[0-9]./-])"), _year_month),
-    (re.compile(r"(?<![[0-9].])([0-9]{4})(?=年)"), lambda m: read_digits(m.group(1))),
-    (re.compile(r"(?<![[0-9].:])([0-9]{1,2}):([0-9]{2})(?::([0-9]{2}))?(?![[0-9]:])"), _clock),
-    (re.compile(r"(?<![[0-9].:])([0-9]+):([0-9]+)(?![[0-9]:])"), lambda m: read_cardinal(m.group(1)) + "比" + read_cardinal(m.group(2))),
-    (re.compile(r"(-?)([¥￥$€£₩₹])\s?(" + _NUM + ")"), _money),
-    (re.compile(r"(" + _NUM + r")%?\s?[-~～]\s?(" + _NUM + r")\s?%"), _percent_range),
-    (re.compile(r"(?<![[0-9].])(-?)(" + _NUM + r")\s?[%％]"), _percent),
-    (re.compile(r"(?<![[0-9]./])([0-9]+)/([0-9]+)(?![[0-9]/])"), _fraction),
-    (re.compile(r"([0-9])\s*([+×÷=≈])\s*(?=[0-9])"), lambda m: m.group(1) + _SYMBOL_WORDS[m.group(2)]),
-    (re.compile(r"(" + _NUM + r")\s?[-~～]\s?(" + _NUM + r")(?![[0-9].])"), _range),
-    (re.compile(r"(?<![A-Za-z0-9.)\]])-(" + _NUM + ")"), _negative),
+    (re.compile(r"(?<![0-9.])(?:\+86[-\s]?)?1[3-9][0-9][-\s]?[0-9]{4}[-\s]?[0-9]{4}(?![0-9.])"), _phone),
+    (re.compile(r"(?<![0-9.])(?:0[0-9]{2,3}|400|800)-[0-9]{3,4}-?[0-9]{4}(?![0-9.])"), _phone),
+    (re.compile(r"(?<![0-9.])([0-9]{4})[-/.]([0-9]{1,2})[-/.]([0-9]{1,2})(?![0-9.])"), _date),
+    (re.compile(r"(?<![0-9.])([0-9]{4})[-/]([0-9]{1,2})(?![0-9./-])"), _year_month),
+    (re.compile(r"(?<![0-9.])([0-9]{4})(?=年)"), lambda m: read_digits(m.group(1))),
+    (re.compile(r"(?<![0-9.:])([0-9]{1,2}):([0-9]{2})(?::([0-9]{2}))?(?![0-9:])"), _clock),
+    (re.compile(r"(?<![0-9.:])([0-9]+):([0-9]+)(?![0-9:])"), _ratio),
+    # Units keep their digits (read later, so that 2kg is 两千克) and come before ranges and signs.
     (re.compile(r"(" + _NUM + r")\s?(" + _LONG_UNIT_RE + r")(?![A-Za-z])"), _unit),
     (re.compile(r"(" + _NUM + r")(" + _SHORT_UNIT_RE + r")(?![A-Za-z])"), _unit),
+    (re.compile(r"(-?)([¥￥$€£₩₹])\s?(" + _NUM + ")"), _money),
+    (re.compile(r"(" + _NUM + r")%?\s?[-~～]\s?(" + _NUM + r")\s?%"), _percent_range),
+    (re.compile(r"(?<![0-9.])(-?)(" + _NUM + r")\s?[%％]"), _percent),
+    (re.compile(r"(?<![0-9./])([0-9]+)/([0-9]+)(?![0-9/])"), _fraction),
+    (re.compile(r"([0-9])\s*([+×÷=≈])\s*(?=[0-9])"), lambda m: m.group(1) + _SYMBOL_WORDS[m.group(2)]),
+    (re.compile(r"(" + _NUM + r")\s?[-~～]\s?(" + _NUM + r")(?![0-9.])"), _range),
+    (re.compile(r"(?<![A-Za-z0-9.)\]])-(" + _NUM + ")"), _negative),
     (re.compile(r"[0-9]+\.[0-9]+|[0-9]+"), _number),
     (re.compile(r"([&@＆×÷=≈])"), _symbol),
 ]
@@ -333,11 +337,11 @@ def say_as(text: str, interpret_as: str) -> list[Segment]:
     """Readings forced by SSML ``<say-as interpret-as=...>``; ValueError when the text does not fit the class."""
     raw = prepare(text).strip()
     if interpret_as == "digits":
-        if not re.fullmatch(r"[[0-9]\s-]+", raw) or not re.search(r"[0-9]", raw):
+        if not re.fullmatch(r"[0-9\s-]+", raw) or not re.search(r"[0-9]", raw):
             raise ValueError("digits expects only digits")
         return [read_digits(raw)]
     if interpret_as == "telephone":
-        if not re.fullmatch(r"\+?[[0-9]\s-]+", raw) or not re.search(r"[0-9]", raw):
+        if not re.fullmatch(r"\+?[0-9\s-]+", raw) or not re.search(r"[0-9]", raw):
             raise ValueError("telephone expects digits, spaces, '-' and a leading '+'")
         prefix = "加" if raw.startswith("+") else ""
         groups = [read_digits(g, phone=True) for g in re.split(r"[\s-]+", raw.lstrip("+")) if g]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import threading
@@ -10,7 +11,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from tts_server.inference.frontend.symbols import Syllable, SyllableError, parse_pinyin
+from tts_server.inference.frontend.symbols import (
+    Syllable,
+    SyllableError,
+    parse_pinyin,
+    syllable_phones,
+    words_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -19,8 +26,10 @@ CJK_RE = re.compile(r"[\u3007\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\
 
 # Words ending in 儿 where 儿 is a full syllable (a child, a son), not the erhua suffix.
 _NON_ERHUA_WORDS = frozenset(
-    "女儿 婴儿 孤儿 幼儿 健儿 男儿 胎儿 少儿 患儿 宠儿 混血儿 新生儿 孙儿 妻儿 弃儿 乳儿 早产儿 低能儿 "
-    "儿儿 育儿 托儿 产儿 侄儿 犬儿 骄儿 病儿 畸形儿 独生儿 小儿 孩儿 幼女儿 养儿 生儿 爱儿".split()
+    words_of(
+        "女儿 婴儿 孤儿 幼儿 健儿 男儿 胎儿 少儿 患儿 宠儿 混血儿 新生儿 孙儿 妻儿 弃儿 乳儿 早产儿 低能儿 "
+        "儿儿 育儿 托儿 产儿 侄儿 犬儿 骄儿 病儿 畸形儿 独生儿 小儿 孩儿 幼女儿 养儿 生儿 爱儿"
+    )
 )
 # pypinyin readings with no phone in the PinYin set, mapped to the nearest syllable that has one.
 _INTERJECTIONS = {"m": "mu", "n": "en", "ng": "en", "hm": "hen", "hng": "heng", "ê": "ei", "eh": "ei"}
@@ -37,6 +46,7 @@ class Word:
     chars: list[str]
     emotion: str
     fixed: bool = False  # reading given by the client (SSML phoneme) or spelled letters: no sandhi
+    speed: float = 1.0
 
 
 class Segmenter:
@@ -80,13 +90,24 @@ class Segmenter:
         return self._split_compound(word[:i]) + self._split_compound(word[i:])
 
 
+# pypinyin's default reading of a character standing alone, where that default is the less common one when the
+# character is a word on its own (很长 cháng, 跑得快 de, 教你 jiāo, 切菜 qiē).
+_SINGLE_CHAR_READINGS = {"长": "chang2", "得": "de5", "教": "jiao1", "切": "qie1"}
+
+
 @lru_cache(maxsize=65536)
 def _raw_pinyin(word: str) -> tuple[str, ...]:
     from pypinyin import Style, lazy_pinyin
 
-    return tuple(
-        lazy_pinyin(word, style=Style.TONE3, neutral_tone_with_five=True, errors=lambda x: [""] * len(x))
-    )
+    if word in _SINGLE_CHAR_READINGS:
+        return (_SINGLE_CHAR_READINGS[word],)
+    # One entry per character even for characters without a reading, so that readings stay aligned.
+    no_reading: Any = _no_reading
+    return tuple(lazy_pinyin(word, style=Style.TONE3, neutral_tone_with_five=True, errors=no_reading))
+
+
+def _no_reading(chars: str) -> list[str]:
+    return [""] * len(chars)
 
 
 def _to_syllable(py: str) -> Syllable | None:
@@ -96,9 +117,11 @@ def _to_syllable(py: str) -> Syllable | None:
     if m is not None and m.group(1) in _INTERJECTIONS:
         py = _INTERJECTIONS[m.group(1)] + m.group(2)
     try:
-        return parse_pinyin(py)
+        syllable = parse_pinyin(py)
+        syllable_phones(syllable.base)
     except SyllableError:
         return None
+    return syllable
 
 
 @lru_cache(maxsize=65536)
@@ -185,7 +208,7 @@ def apply_sandhi(words: list[Word]) -> None:
         for i in range(len(w.syllables) - 1):
             if w.syllables[i].tone == 3 and w.syllables[i + 1].tone == 3:
                 w.syllables[i] = Syllable(w.syllables[i].base, 2)
-    for a, b in zip(words, words[1:], strict=False):
+    for a, b in itertools.pairwise(words):
         if a.fixed or b.fixed or not a.syllables or not b.syllables:
             continue
         short = len(a.syllables) == 1 or len(b.syllables) == 1

@@ -35,14 +35,21 @@ _RETROFLEX = frozenset({"zh", "ch", "sh", "r"})
 _DENTAL = frozenset({"z", "c", "s"})
 _PALATAL = frozenset({"j", "q", "x"})
 
+
 #: The Mandarin (non-English) phones of the published PinYin phone set, used when no inventory is given.
+def words_of(text: str) -> list[str]:
+    return text.split()
+
+
 DEFAULT_PHONES: frozenset[str] = frozenset(
-    "a_c ai_c an_c ang_c ao_c b_c c_c ch_c d_c e_c ei_c en_c eng_c er_c f_c g_c h_c i_c ia_c ian_c iang_c "
-    "iao_c ie_c ih_c ii_c in_c ing_c io_c iong_c iou_c j_c k_c l_c m_c n_c o_c ong_c ou_c p_c q_c r_c s_c "
-    "sh_c t_c u_c ua_c uai_c uan_c uang_c uei_c uen_c ueng_c uo_c v_c van_c ve_c vn_c xx_c z_c zh_c w_c y_c "
-    "ga ge go air_c angr_c anr_c aor_c ar_c eir_c engr_c enr_c iangr_c ianr_c iaor_c iar_c ier_c ihr_c "
-    "iir_c ingr_c inr_c iongr_c iour_c ir_c ongr_c or_c our_c uair_c uangr_c uanr_c uar_c ueir_c uenr_c "
-    "uor_c ur_c vanr_c ver_c vnr_c vr_c".split()
+    words_of(
+        "a_c ai_c an_c ang_c ao_c b_c c_c ch_c d_c e_c ei_c en_c eng_c er_c f_c g_c h_c i_c ia_c ian_c iang_c "
+        "iao_c ie_c ih_c ii_c in_c ing_c io_c iong_c iou_c j_c k_c l_c m_c n_c o_c ong_c ou_c p_c q_c r_c s_c "
+        "sh_c t_c u_c ua_c uai_c uan_c uang_c uei_c uen_c ueng_c uo_c v_c van_c ve_c vn_c xx_c z_c zh_c w_c y_c "
+        "ga ge go air_c angr_c anr_c aor_c ar_c eir_c engr_c enr_c iangr_c ianr_c iaor_c iar_c ier_c ihr_c "
+        "iir_c ingr_c inr_c iongr_c iour_c ir_c ongr_c or_c our_c uair_c uangr_c uanr_c uar_c ueir_c uenr_c "
+        "uor_c ur_c vanr_c ver_c vnr_c vr_c"
+    )
 )
 
 _PINYIN_RE = re.compile(r"^([a-zü:]+)([0-5]?)$")
@@ -88,10 +95,8 @@ def _split(base: str) -> tuple[str, str, bool]:
     elif base[:1] in _ONE_LETTER_INITIALS:
         initial = base[:1]
     rest = base[len(initial) :]
-    if initial in _PALATAL or initial == "y":
-        # After j/q/x/y a written u is ü.
-        if rest.startswith("u"):
-            rest = "v" + rest[1:]
+    if (initial in _PALATAL or initial == "y") and rest.startswith("u"):
+        rest = "v" + rest[1:]  # after j/q/x/y a written u is ü
     if initial == "":
         if rest not in _ZERO_INITIAL_FINALS:
             raise SyllableError(f"not a pinyin syllable: {base!r}")
@@ -120,6 +125,8 @@ def _split(base: str) -> tuple[str, str, bool]:
     if initial in _RETROFLEX | _DENTAL and final[0] == "i" and final not in ("ih", "ii"):
         raise SyllableError(f"not a pinyin syllable: {base!r}")
     if initial not in _RETROFLEX | _DENTAL and final in ("ih", "ii"):
+        raise SyllableError(f"not a pinyin syllable: {base!r}")
+    if final == "o" and initial not in ("b", "p", "m", "f", "l"):
         raise SyllableError(f"not a pinyin syllable: {base!r}")
     return initial, final, erhua
 
@@ -153,6 +160,8 @@ def load_phone_set(dict_dir: str | Path) -> frozenset[str]:
     """Phone names from a voice's ``dict/PinYin/PhoneSet.xml`` (namespaced or not)."""
     path = Path(dict_dir) / "PhoneSet.xml"
     root = SafeET.parse(str(path)).getroot()
+    if root is None:
+        raise ValueError(f"{path} is empty")
     names = {el.text.strip() for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "name" and el.text}
     if not names:
         raise ValueError(f"{path} lists no phones")

@@ -9,6 +9,7 @@ input) is computed once per utterance instead of once per step.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Mapping, MutableMapping, Sequence
@@ -116,7 +117,7 @@ class Prenet(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         dims = [in_units, *units]
-        for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
+        for d_in, d_out in itertools.pairwise(dims):
             layers += [nn.Linear(d_in, d_out), nn.ReLU(), nn.Identity()]
         if out_units:
             layers.append(nn.Linear(dims[-1], out_units))
@@ -252,7 +253,7 @@ class FsmnFeedForward(nn.Module):
 class MemoryBlock(nn.Module):
     def __init__(self, d: int, filter_size: int, shift: int) -> None:
         super().__init__()
-        left = int(round((filter_size - 1) / 2))
+        left = round((filter_size - 1) / 2)
         right = int((filter_size - 1) / 2)
         self.lp, self.rp = left + shift, right - shift
         if self.rp < 0:

@@ -211,7 +211,7 @@ class SambertEngine:
                 t2 = time.perf_counter()
                 wav = v.vocode(am.postnet_outputs)
                 t3 = time.perf_counter()
-            pause = int(round(max(sentence.pause_after_s, 0.0) * v.sample_rate))
+            pause = round(max(sentence.pause_after_s, 0.0) * v.sample_rate)
             if pause:
                 wav = np.concatenate([wav, np.zeros(pause, dtype=np.float32)])
             yield Synthesis(

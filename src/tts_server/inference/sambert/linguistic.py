@@ -152,8 +152,7 @@ class LinguisticUnit:
         self.lfeat_types = [x.strip() for x in lfeat.strip().split(",")]
         if tuple(self.lfeat_types) != REQUIRED_STREAMS:
             raise EngineLoadError(
-                f"{config_path}: linguistic_unit.lfeat_type_list must be {','.join(REQUIRED_STREAMS)}, "
-                f"got {lfeat!r}"
+                f"{config_path}: linguistic_unit.lfeat_type_list must be {','.join(REQUIRED_STREAMS)}, got {lfeat!r}"
             )
         speakers = unit_config.get("speaker_list")
         if not isinstance(speakers, str) or not speakers.strip():
@@ -212,8 +211,7 @@ class LinguisticUnit:
             fields = tuple(raw[1:-1].split("$"))
             if len(fields) != n:
                 raise EngineError(
-                    f"malformed symbol token {raw!r}: expected {n} '$'-separated fields "
-                    f"({'$'.join(self.lfeat_types)})",
+                    f"malformed symbol token {raw!r}: expected {n} '$'-separated fields ({'$'.join(self.lfeat_types)})",
                     param="text",
                 )
             tokens.append(Token(fields))

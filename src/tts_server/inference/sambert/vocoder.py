@@ -170,7 +170,9 @@ class HifiGanGenerator(nn.Module):
         for i, (scale, up_k) in enumerate(zip(cfg.upsample_scales, cfg.upsample_kernel_sizes, strict=True)):
             c_in, c_out = ch // (2**i), ch // (2 ** (i + 1))
             # Index 0 (and 1 for the repeat branch) hold parameter-free layers in the checkpoint layout.
-            self.transpose_upsamples.append(nn.ModuleList([nn.Identity(), Deconv(c_in, c_out, up_k, scale, cfg.causal)]))
+            self.transpose_upsamples.append(
+                nn.ModuleList([nn.Identity(), Deconv(c_in, c_out, up_k, scale, cfg.causal)])
+            )
             if cfg.repeat_upsample:
                 self.repeat_upsamples.append(
                     nn.ModuleList([nn.Identity(), nn.Identity(), Conv(c_in, c_out, k, 1, cfg.causal)])

@@ -1,0 +1,103 @@
+"""Benchmark of the native Sambert-HifiGan engine on the parity model (full-size, random weights).
+
+    .venv/bin/python bench/engine.py [--model-dir DIR] [--case long_fear_breaks] [--threads 1 2] [--repeats 5]
+                                     [--text "中文文本"]
+
+Prints, per thread count, the real-time factor (synthesis seconds / audio seconds) and the time per stage:
+frontend (text or symbols -> id streams), encoder+adaptor, AR decoder, postnet, vocoder; and the peak RSS.
+Stage times are medians over the repeats, after one warm-up run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+PARITY = REPO.parent / "shared" / "reference" / "sambert-parity"
+STAGES = ("frontend", "encoder_adaptor", "decoder", "postnet", "vocoder")
+
+
+def _case_symbols(case: str) -> str:
+    with np.load(PARITY / "cases.npz") as data:
+        return str(data[f"{case}/symbols"])
+
+
+def run(model_dir: Path, symbols: str, text: str | None, threads: list[int], repeats: int) -> None:
+    from tts_server.config import load_settings
+    from tts_server.inference.sambert.engine import load_sambert_engine
+
+    t0 = time.perf_counter()
+    engine = load_sambert_engine(load_settings(model={"model_dir": str(model_dir), "torch_threads": threads[0]}))
+    load_s = time.perf_counter() - t0
+    name = next(iter(engine.voices()))
+    voice = engine._voices[name]
+    emotion = voice.info.default_emotion
+    source = text if text is not None else symbols
+
+    rows = []
+    for n in threads:
+        engine._threads = n
+        torch.set_num_threads(n)
+        samples: dict[str, list[float]] = {s: [] for s in (*STAGES, "total")}
+        audio_s = 0.0
+        for i in range(repeats + 1):
+            timings: dict[str, float] = {}
+            start = time.perf_counter()
+            sentences = engine._sentences(voice, source, emotion)
+            encoded = [voice.unit.encode_tokens(s.tokens) for s in sentences]
+            timings["frontend"] = time.perf_counter() - start
+            samples_out = 0
+            with torch.inference_mode():
+                for sentence, ids in zip(sentences, encoded, strict=True):
+                    am = voice.acoustic(ids, speed=sentence.speed, timings=timings)
+                    t = time.perf_counter()
+                    wav = voice.vocode(am.postnet_outputs)
+                    timings["vocoder"] = timings.get("vocoder", 0.0) + time.perf_counter() - t
+                    samples_out += wav.size
+            total = time.perf_counter() - start
+            if i == 0:
+                continue  # warm-up
+            audio_s = samples_out / voice.sample_rate
+            for s in STAGES:
+                samples[s].append(timings.get(s, 0.0))
+            samples["total"].append(total)
+        med = {k: statistics.median(v) for k, v in samples.items()}
+        rows.append((n, audio_s, med))
+
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"model: {model_dir}  voice: {name}  load: {load_s:.2f} s  torch {torch.__version__}")
+    print(f"input: {'text' if text is not None else 'symbols'}, {len(source)} chars; repeats: {repeats} (median)")
+    header = f"{'threads':>7} {'audio s':>8} {'RTF':>6} " + " ".join(f"{s:>15}" for s in (*STAGES, "total"))
+    print(header)
+    print("-" * len(header))
+    for n, audio_s, med in rows:
+        cells = " ".join(f"{med[s] * 1000:>12.1f} ms" for s in (*STAGES, "total"))
+        print(f"{n:>7} {audio_s:>8.2f} {med['total'] / audio_s:>6.3f} {cells}")
+    print(f"peak RSS: {rss_mb:.0f} MiB")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, default=PARITY / "model")
+    parser.add_argument("--case", default="long_fear_breaks", help="parity case whose symbols are synthesised")
+    parser.add_argument("--text", default=None, help="plain text through the frontend instead of symbols")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    if not args.model_dir.is_dir():
+        print(f"model directory {args.model_dir} not found", file=sys.stderr)
+        return 2
+    run(args.model_dir, _case_symbols(args.case), args.text, args.threads, args.repeats)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

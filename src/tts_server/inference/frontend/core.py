@@ -1,0 +1,315 @@
+"""The frontend pipeline: text or SSML -> sentences of KAN-TTS symbols."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tts_server.inference.frontend.errors import FrontendError
+from tts_server.inference.frontend.normalize import Reading, normalize
+from tts_server.inference.frontend.pinyin import CJK_RE, Segmenter, Word, apply_sandhi, word_reading
+from tts_server.inference.frontend.ssml import (
+    MAX_BREAK_S,
+    BreakMark,
+    Item,
+    SentenceMark,
+    Span,
+    looks_like_ssml,
+    parse_ssml,
+)
+from tts_server.inference.frontend.symbols import (
+    DEFAULT_PHONES,
+    Syllable,
+    SyllableError,
+    break_token,
+    load_phone_set,
+    syllable_phones,
+    word_tokens,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_SENTENCE_CHARS = 60
+
+# Punctuation -> prosodic break level: 4 ends the sentence, 3 a clause (comma), 2 a short pause, 0 a word
+# boundary with no extra pause (quotes, brackets).
+_PUNCT_LEVELS: dict[str, int] = {
+    **dict.fromkeys("。！？!?.\n\r\u2029\u2028", 4),
+    **dict.fromkeys("，,；;：:…", 3),
+    **dict.fromkeys("、—–-~～", 2),
+    **dict.fromkeys("\"'“”‘’「」『』《》〈〉()（）[]【】{}<>·•/|", 0),
+}
+_TOKEN_RE = re.compile(r"(" + CJK_RE.pattern + r")|([^\S\n\r\u2028\u2029]+)|(.)", re.DOTALL)
+_NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One sentence: its symbol string (ends with a #4 break), speed factor and silence to append after it."""
+
+    symbols: str
+    speed: float = 1.0
+    pause_after_s: float = 0.0
+
+
+@dataclass(slots=True)
+class _Pause:
+    level: int
+
+
+@dataclass(slots=True)
+class _Sentence:
+    tokens: list[Word | _Pause]
+    speed: float
+    pause_after_s: float = 0.0
+
+
+_Token = Word | _Pause | BreakMark | SentenceMark
+
+
+def _bare_emotion(name: str) -> str:
+    return name.removeprefix("emotion_")
+
+
+class Frontend:
+    """Chinese text frontend. Construct once per process (jieba loads its dictionary here), then ``process``."""
+
+    def __init__(
+        self,
+        phone_inventory: frozenset[str] | None = None,
+        *,
+        max_sentence_chars: int = DEFAULT_MAX_SENTENCE_CHARS,
+        warm_up: bool = True,
+    ) -> None:
+        if max_sentence_chars < 1:
+            raise ValueError("max_sentence_chars must be at least 1")
+        self._inventory = DEFAULT_PHONES if phone_inventory is None else phone_inventory
+        self._max_chars = max_sentence_chars
+        self._segmenter = Segmenter()
+        self._phones: dict[str, tuple[str, ...]] = {}
+        if warm_up:
+            self.process("北京今天天气怎么样？2026年11月24日，气温-3℃。", speaker="F7", emotion="neutral",
+                         allowed_emotions=("neutral",))  # fmt: skip
+
+    @classmethod
+    def from_dict_dir(cls, path: str | Path, **kwargs: int | bool) -> Frontend:
+        """A frontend limited to the phones in ``<voice>/dict/PinYin/PhoneSet.xml``."""
+        return cls(load_phone_set(path), **kwargs)  # type: ignore[arg-type]
+
+    # -- public ----------------------------------------------------------------------------------------------
+
+    def process(
+        self,
+        text: str,
+        *,
+        speaker: str,
+        emotion: str,
+        allowed_emotions: Collection[str],
+        ssml: bool | None = None,
+    ) -> list[Utterance]:
+        """Text (or SSML) -> one ``Utterance`` per sentence. Raises ``FrontendError`` for unusable input."""
+        if not _NAME_RE.fullmatch(speaker):
+            raise FrontendError(f"invalid speaker name {speaker!r}", param="voice")
+        allowed = {_bare_emotion(e) for e in allowed_emotions}
+        emotion = _bare_emotion(emotion)
+        if not _NAME_RE.fullmatch(emotion) or (allowed and emotion not in allowed):
+            raise FrontendError(
+                f"emotion {emotion!r} is not supported; expected one of {', '.join(sorted(allowed))}",
+                param="emotion",
+            )
+        utterances = [
+            Utterance(self._emit(chunk, speaker), speed, pause)
+            for chunk, speed, pause in self._chunks(text, emotion, allowed, ssml)
+        ]
+        if not utterances:
+            raise FrontendError(
+                "the text has nothing to read aloud after normalisation (no Chinese characters, digits or letters)"
+            )
+        return utterances
+
+    def pinyin(self, text: str, *, ssml: bool | None = False, emotion: str = "neutral") -> list[str]:
+        """The readings ``process`` would use, one string per sentence: ``ni2 hao3 #1 shi4 jie4 #4``.
+
+        For tests and debugging; raises like ``process``.
+        """
+        out = []
+        for chunk, _speed, _pause in self._chunks(text, emotion, (), ssml):
+            parts: list[str] = []
+            level = 0
+            for tok in chunk:
+                if isinstance(tok, _Pause):
+                    level = max(level, tok.level)
+                    continue
+                if parts:
+                    parts.append(f"#{max(level, 1)}")
+                parts.append(" ".join(str(s) for s in tok.syllables))
+                level = 0
+            out.append(" ".join([*parts, "#4"]))
+        return out
+
+    def _chunks(
+        self, text: str, emotion: str, allowed: Collection[str], ssml: bool | None
+    ) -> Iterator[tuple[list[Word | _Pause], float, float]]:
+        if ssml is None:
+            ssml = looks_like_ssml(text)
+        items: list[Item]
+        if ssml:
+            items = parse_ssml(text, emotion=emotion, allowed_emotions=allowed, check_syllable=self._check)
+        else:
+            items = [Span(tuple(normalize(text)), emotion, 1.0)]
+        for sentence in self._sentences(self._tokens(items)):
+            self._sandhi(sentence.tokens)
+            chunks = _split_long(sentence.tokens, self._max_chars)
+            for i, chunk in enumerate(chunks):
+                yield chunk, sentence.speed, sentence.pause_after_s if i == len(chunks) - 1 else 0.0
+
+    # -- stages ------------------------------------------------------------------------------------------------
+
+    def _check(self, syllable: Syllable) -> None:
+        self._syllable_phones(syllable.base)
+
+    def _syllable_phones(self, base: str) -> tuple[str, ...]:
+        phones = self._phones.get(base)
+        if phones is None:
+            phones = syllable_phones(base, self._inventory)
+            if len(self._phones) < 100_000:
+                self._phones[base] = phones
+        return phones
+
+    def _tokens(self, items: Iterable[Item]) -> Iterator[_Token]:
+        for item in items:
+            if not isinstance(item, Span):
+                yield item
+                continue
+            for seg in item.segments:
+                if isinstance(seg, Reading):
+                    if seg.syllables:
+                        yield Word(list(seg.syllables), [""] * len(seg.syllables), item.emotion, True, item.speed)
+                    continue
+                last = len(seg)
+                for m in _TOKEN_RE.finditer(seg):
+                    run, space, other = m.group(1), m.group(2), m.group(3)
+                    if run:
+                        for w in self._segmenter.words(run):
+                            syllables, chars = word_reading(w)
+                            if syllables:
+                                yield Word(list(syllables), list(chars), item.emotion, False, item.speed)
+                    elif space:
+                        # Spaces between Chinese words are a short pause; next to Latin words (segment edges)
+                        # they only separate words.
+                        if m.start() > 0 and m.end() < last:
+                            yield _Pause(2)
+                    else:
+                        level = _PUNCT_LEVELS.get(other)
+                        if level is not None:
+                            yield _Pause(level)
+                        # Anything else (emoji, symbols without a reading) is not spoken.
+
+    def _sentences(self, tokens: Iterable[_Token]) -> list[_Sentence]:
+        sentences: list[_Sentence] = []
+        current: list[Word | _Pause] = []
+        speed = 1.0
+        has_word = False
+
+        def close() -> None:
+            nonlocal current, has_word
+            if has_word:
+                sentences.append(_Sentence(current, speed))
+            current, has_word = [], False
+
+        for tok in tokens:
+            if isinstance(tok, Word):
+                if has_word and tok.speed != speed:
+                    close()
+                speed = tok.speed
+                current.append(tok)
+                has_word = True
+            elif isinstance(tok, _Pause):
+                if tok.level >= 4:
+                    close()
+                elif has_word:
+                    current.append(tok)
+            elif isinstance(tok, BreakMark):
+                close()
+                # A break before any speech has no sentence to follow; it is not rendered.
+                if sentences:
+                    last = sentences[-1]
+                    last.pause_after_s = min(MAX_BREAK_S, last.pause_after_s + tok.seconds)
+            else:
+                close()
+        close()
+        return sentences
+
+    def _sandhi(self, tokens: list[Word | _Pause]) -> None:
+        phrase: list[Word] = []
+        for tok in tokens:
+            if isinstance(tok, Word):
+                phrase.append(tok)
+            elif tok.level >= 2:
+                apply_sandhi(phrase)
+                phrase = []
+        apply_sandhi(phrase)
+
+    def _emit(self, tokens: list[Word | _Pause], speaker: str) -> str:
+        parts: list[str] = []
+        level = 0
+        for tok in tokens:
+            if isinstance(tok, _Pause):
+                level = max(level, tok.level)
+                continue
+            phones = []
+            for syl in tok.syllables:
+                try:
+                    phones.append((self._syllable_phones(syl.base), syl.tone))
+                except SyllableError as exc:
+                    source = "".join(tok.chars) or str(syl)
+                    raise FrontendError(f"cannot pronounce {source!r} with this voice: {exc}") from None
+            if parts:
+                parts.append(break_token(max(level, 1), speaker))
+            parts.extend(word_tokens(phones, "emotion_" + tok.emotion, speaker))
+            level = 0
+        parts.append(break_token(4, speaker))
+        return " ".join(parts)
+
+
+def _syllable_count(tokens: list[Word | _Pause]) -> int:
+    return sum(len(t.syllables) for t in tokens if isinstance(t, Word))
+
+
+def _split_long(tokens: list[Word | _Pause], limit: int) -> list[list[Word | _Pause]]:
+    """Cut a sentence longer than ``limit`` syllables: at the last comma that fits, else the last short pause,
+    else the last word boundary, else inside a word. Every word ends up in exactly one chunk."""
+    out: list[list[Word | _Pause]] = []
+    while _syllable_count(tokens) > limit:
+        count = 0
+        cut_comma = cut_pause = cut_word = 0
+        for j, tok in enumerate(tokens):
+            if isinstance(tok, Word):
+                if count + len(tok.syllables) > limit:
+                    break
+                count += len(tok.syllables)
+                cut_word = j + 1
+            elif count:
+                if tok.level >= 3:
+                    cut_comma = j
+                elif tok.level == 2:
+                    cut_pause = j
+        cut = cut_comma or cut_pause or cut_word
+        if not cut:
+            first = tokens[0]
+            assert isinstance(first, Word)
+            head = Word(first.syllables[:limit], first.chars[:limit], first.emotion, first.fixed, first.speed)
+            tail = Word(first.syllables[limit:], first.chars[limit:], first.emotion, first.fixed, first.speed)
+            tokens = [head, tail, *tokens[1:]]
+            cut = 1
+        out.append(tokens[:cut])
+        rest = tokens[cut:]
+        while rest and isinstance(rest[0], _Pause):
+            rest = rest[1:]
+        tokens = rest
+    if tokens:
+        out.append(tokens)
+    return out
