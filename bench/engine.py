@@ -20,9 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tts_server.inference.sambert.engine import SambertEngine
+
 REPO = Path(__file__).resolve().parents[1]
 PARITY = REPO.parent / "shared" / "reference" / "sambert-parity"
 STAGES = ("frontend", "encoder_adaptor", "decoder", "postnet", "vocoder")
+#: Plain text of about the same length as the default case, for the frontend's share of the time.
+DEFAULT_TEXT = "我们今天去公园散步，天气晴朗，心情也很好。然后还要去吃饭，这个地方非常漂亮，适合休息。"
 
 
 def _case_symbols(case: str) -> str:
@@ -37,9 +41,30 @@ def run(model_dir: Path, symbols: str, text: str | None, threads: list[int], rep
     t0 = time.perf_counter()
     engine = load_sambert_engine(load_settings(model={"model_dir": str(model_dir), "torch_threads": threads[0]}))
     load_s = time.perf_counter() - t0
+    print(f"model: {model_dir}  load: {load_s:.2f} s  torch {torch.__version__}")
+    measure(engine, symbols, None, threads, repeats)
+    if text is None:
+        try:
+            import tts_server.inference.frontend  # noqa: F401
+        except ImportError:
+            print("(frontend not available: plain-text run skipped)")
+            text = None
+        else:
+            text = DEFAULT_TEXT
+    if text is not None:
+        measure(engine, symbols, text, threads, repeats)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS: {rss_mb:.0f} MiB")
+
+
+def measure(engine: SambertEngine, symbols: str, text: str | None, threads: list[int], repeats: int) -> None:
     name = next(iter(engine.voices()))
     voice = engine._voices[name]
     emotion = voice.info.default_emotion
+    if text is None:
+        # Keep the case's own emotion so that the audio matches the parity case.
+        field = symbols.split()[0].strip("{}").split("$")[4]
+        emotion = field.removeprefix("emotion_")
     source = text if text is not None else symbols
 
     rows = []
@@ -72,16 +97,14 @@ def run(model_dir: Path, symbols: str, text: str | None, threads: list[int], rep
         med = {k: statistics.median(v) for k, v in samples.items()}
         rows.append((n, audio_s, med))
 
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"model: {model_dir}  voice: {name}  load: {load_s:.2f} s  torch {torch.__version__}")
-    print(f"input: {'text' if text is not None else 'symbols'}, {len(source)} chars; repeats: {repeats} (median)")
+    kind = "plain text through the frontend" if text is not None else "symbols"
+    print(f"\nvoice {name}, emotion {emotion}, input: {kind}, {len(source)} chars; median of {repeats} runs")
     header = f"{'threads':>7} {'audio s':>8} {'RTF':>6} " + " ".join(f"{s:>15}" for s in (*STAGES, "total"))
     print(header)
     print("-" * len(header))
     for n, audio_s, med in rows:
         cells = " ".join(f"{med[s] * 1000:>12.1f} ms" for s in (*STAGES, "total"))
         print(f"{n:>7} {audio_s:>8.2f} {med['total'] / audio_s:>6.3f} {cells}")
-    print(f"peak RSS: {rss_mb:.0f} MiB")
 
 
 def main(argv: list[str] | None = None) -> int:

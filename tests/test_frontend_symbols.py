@@ -11,6 +11,7 @@ from tts_server.inference.frontend.symbols import (
     Syllable,
     SyllableError,
     break_token,
+    has_erhua_final,
     load_phone_set,
     parse_pinyin,
     syllable_phones,
@@ -127,3 +128,12 @@ def test_word_tokens_flags() -> None:
     ]
     assert word_tokens([(("pau",), 5)], "emotion_sad", "M7") == ["{pau$tone5$s_both$word_both$emotion_sad$M7}"]
     assert break_token(3, "F74") == "{#3$tone_none$s_none$word_none$emotion_none$F74}"
+
+
+@pytest.mark.parametrize(
+    ("base", "expected"),
+    [("wan", True), ("ge", True), ("zhi", True), ("yu", True), ("er", False), ("wanr", False), ("hng", False)],
+)
+def test_has_erhua_final(base: str, expected: bool) -> None:
+    assert has_erhua_final(base) is expected
+    assert not has_erhua_final("wan", DEFAULT_PHONES - {"anr_c"})

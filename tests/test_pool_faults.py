@@ -17,8 +17,8 @@ from tts_server.config import Settings
 from tts_server.inference.pool import DeadlineExceeded, JobCancelled, WorkerPool
 
 
-async def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
+async def _wait_for(predicate: Callable[[], bool], limit_s: float = 10.0) -> None:
+    deadline = time.monotonic() + limit_s
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
@@ -111,7 +111,7 @@ async def test_kill9_mid_job_is_retried_and_slot_returns(make_settings: Callable
         runs = [pid for pid, text in read_log(engine_log) if "被杀" in text]
         assert len(runs) == 2
         assert runs[0] == victim != runs[1]
-        await _wait_for(lambda: pool.stats().count("ready") == 2, timeout=5.0)
+        await _wait_for(lambda: pool.stats().count("ready") == 2, limit_s=5.0)
         assert time.monotonic() - t_kill < 5.0
         assert pool.stats().restarts["crash"] == 1
         metrics = (await client.get("/metrics")).text
@@ -119,7 +119,7 @@ async def test_kill9_mid_job_is_retried_and_slot_returns(make_settings: Callable
 
 
 async def test_worker_dying_twice_gives_503(make_settings: Callable[..., Settings], engine_log: Path) -> None:
-    async with running_app(make_settings(pool={"workers": 1})) as (app, client):
+    async with running_app(make_settings(pool={"workers": 1})) as (_, client):
         request = asyncio.create_task(client.post("/v1/synthesize", json={"text": "[sleep=3] 两次"}))
         for attempt in range(2):
             await _wait_for(lambda n=attempt: sum("两次" in t for t in _texts(engine_log)) == n + 1)
@@ -136,7 +136,7 @@ async def test_idle_worker_death_is_noticed(make_settings: Callable[..., Setting
         pid = pool.stats().workers[0].pid
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
-        await _wait_for(lambda: pool.stats().restarts["crash"] == 1, timeout=3.0)
+        await _wait_for(lambda: pool.stats().restarts["crash"] == 1, limit_s=3.0)
         await _wait_for(lambda: pool.stats().count("ready") == 1)
         assert (await client.post("/v1/synthesize", json={"text": "好"})).status_code == 200
 
@@ -156,7 +156,7 @@ async def test_hung_worker_gets_504_and_is_replaced(make_settings: Callable[...,
         assert other.status_code == 200
         r = await request
         assert r.status_code == 504
-        await _wait_for(lambda: pool.stats().count("ready") == 2, timeout=10.0)
+        await _wait_for(lambda: pool.stats().count("ready") == 2, limit_s=10.0)
         assert victim not in {w.pid for w in pool.stats().workers}
         assert not pid_alive(victim) or _is_zombie(victim)
         assert pool.stats().restarts["timeout"] == 1
@@ -217,7 +217,7 @@ async def test_client_disconnect_cancels_queued_request(make_settings: Callable[
         impatient.cancel()  # the client goes away
         with pytest.raises(asyncio.CancelledError):
             await impatient
-        await _wait_for(lambda: pool.stats().queue_depth == 0, timeout=2.0)
+        await _wait_for(lambda: pool.stats().queue_depth == 0, limit_s=2.0)
         assert (await busy).status_code == 200
         await asyncio.sleep(0.2)
         assert "不等了" not in _texts(engine_log)
@@ -268,7 +268,7 @@ async def test_crash_loop_marks_slot_dead(make_settings: Callable[..., Settings]
                              pool={"workers": 1, "crash_loop_threshold": 2, "restart_backoff_s": 0.05})
     async with running_app(settings, wait_ready=False) as (app, client):
         pool: WorkerPool = app.state.tts.pool
-        await _wait_for(lambda: pool.stats().count("dead") == 1, timeout=60)
+        await _wait_for(lambda: pool.stats().count("dead") == 1, limit_s=60)
         assert (await client.get("/readyz")).status_code == 503
         health = await client.get("/health")
         assert health.status_code == 503

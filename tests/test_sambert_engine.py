@@ -247,3 +247,22 @@ def test_plain_text_goes_through_frontend(engine: SambertEngine, monkeypatch: py
     np.testing.assert_array_equal(pieces[0].audio[: fast.size], fast)
     assert not np.any(pieces[0].audio[fast.size :])
     assert pieces[0].stage_seconds["frontend"] >= 0
+
+
+def test_plain_text_with_real_frontend(engine: SambertEngine) -> None:
+    try:
+        from tts_server.inference.frontend import Frontend  # noqa: F401
+    except ImportError:
+        pytest.skip("the Chinese frontend is not available")
+    pieces = list(engine.synthesize_stream("你好。今天天气很好！", "zhiyan_emo", "happy", 1.0))
+    assert len(pieces) == 2
+    for piece in pieces:
+        assert piece.audio.dtype == np.float32
+        assert piece.audio.size > 0
+
+
+def test_very_fast_speech_does_not_crash(engine: SambertEngine) -> None:
+    """At extreme speeds every duration rounds to zero frames: the result is empty audio, not an error."""
+    result = engine.synthesize(SYMBOLS, "zhiyan_emo", "neutral", 1000.0)
+    assert result.audio.dtype == np.float32
+    assert result.audio.size % HOP == 0

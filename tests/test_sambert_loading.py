@@ -305,3 +305,32 @@ def test_vocabulary_layout(pristine: Path) -> None:
     assert encoded.sy.tolist() == [0, unit.vocab["sy"].index("@#4"), unit.vocab["sy"].index("~")]
     assert encoded.tone.tolist() == [0, 1, 8]
     assert encoded.speaker.tolist() == [1, 1, 7]
+
+
+def test_tables_without_mask_row_load(model_dir: Path) -> None:
+    """ModelScope builds the embedding tables without the trailing @[MASK] row; such checkpoints load too."""
+    tables = (
+        "text_encoder.sy_emb.weight",
+        "text_encoder.tone_emb.weight",
+        "text_encoder.syllable_flag_emb.weight",
+        "text_encoder.ws_emb.weight",
+        "emo_tokenizer.weight",
+        "spk_tokenizer.weight",
+    )
+
+    def edit(sd: dict[str, torch.Tensor]) -> None:
+        for key in tables:
+            sd[key] = sd[key][:-1].clone()
+
+    _edit_am(model_dir, edit)
+    engine = _load(model_dir)
+    symbols = "{n_c$tone2$s_begin$word_begin$emotion_neutral$F7} {i_c$tone2$s_end$word_end$emotion_neutral$F7}"
+    assert engine.synthesize(symbols, VOICE, "neutral", 1.0).audio.size > 0
+
+
+def test_tables_missing_one_row_only_in_some_streams(model_dir: Path) -> None:
+    def edit(sd: dict[str, torch.Tensor]) -> None:
+        sd["text_encoder.sy_emb.weight"] = sd["text_encoder.sy_emb.weight"][:-1].clone()
+
+    path = _edit_am(model_dir, edit)
+    _expect(model_dir, str(path), "shape mismatch")

@@ -129,3 +129,21 @@ def test_engine_voices(engine: SambertEngine) -> None:
     assert info.default_emotion == "neutral"
     assert {"neutral", "happy", "sad", "angry", "fear", "surprise"} <= set(info.emotions)
     assert info.sample_rate == 16000
+
+
+def test_cli_synth_writes_16k_mono_wav(
+    cases: dict[str, npt.NDArray[np.generic]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import soundfile as sf
+
+    from tts_server.cli import main
+
+    monkeypatch.setenv("TTS_MODEL__MODEL_DIR", str(MODEL_DIR))
+    out = tmp_path / "out.wav"
+    symbols = str(cases["hao_angry_one_syllable/symbols"])
+    assert main(["synth", symbols, "-o", str(out), "--emotion", "angry"]) == 0
+    info = sf.info(str(out))
+    assert info.samplerate == 16000
+    assert info.channels == 1
+    audio, _ = sf.read(str(out), dtype="int16")
+    np.testing.assert_allclose(audio, cases["hao_angry_one_syllable/pcm_int16"], atol=1, rtol=0)

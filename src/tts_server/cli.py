@@ -5,11 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
+import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
+import prometheus_client
+import uvicorn
+from fastapi import FastAPI
+
 from tts_server.config import ConfigError, Settings, load_settings
+
+log = logging.getLogger("tts_server.cli")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -21,9 +30,41 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, **overrides)
 
 
-def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
+class _DrainingServer(uvicorn.Server):
+    """Shutdown in two steps. On the first SIGTERM/SIGINT readiness turns 503 at once while the listener stays open
+    and requests are still admitted and served; ``delay_s`` later uvicorn's graceful shutdown starts (stop
+    accepting, finish in-flight requests), then the app's lifespan drains the pool and stops the workers.
 
+    A second signal skips the rest of the delay, a third forces the exit. Unlike plain uvicorn the signal is not
+    re-raised after shutdown: a server that drained cleanly exits with status 0, which is what supervisors expect.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI, delay_s: float) -> None:
+        super().__init__(config)
+        self._app = app
+        self._delay_s = delay_s
+        self._exit_at: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit:
+            self.force_exit = True
+            return
+        state = getattr(self._app.state, "tts", None)
+        if self._exit_at is not None or self._delay_s <= 0 or not self.started or state is None:
+            self.should_exit = True
+            return
+        state.pool.begin_drain()  # only sets a flag, so it is safe inside a signal handler
+        self._exit_at = time.monotonic() + self._delay_s
+        log.info("signal %d: readiness off, closing the listener in %.1fs", sig, self._delay_s)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._exit_at is not None and time.monotonic() >= self._exit_at:
+            self.should_exit = True
+        stop: bool = await super().on_tick(counter)
+        return stop
+
+
+def _serve(args: argparse.Namespace) -> int:
     from tts_server.api.app import create_app
 
     settings = _settings(args)
@@ -31,11 +72,19 @@ def _serve(args: argparse.Namespace) -> int:
     port = args.port or settings.server.port
     logging.basicConfig(level=settings.server.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The server process owns its metrics: drop the *_created companion series (a timestamp per series that
+    # doubles the scrape size and that no dashboard or alert reads).
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    app = create_app(settings)
     # One uvicorn process: the worker pool is the parallelism, and the pool must have exactly one owner.
-    uvicorn.run(
-        create_app(settings), host=host, port=port, log_level=settings.server.log_level,
-        timeout_graceful_shutdown=int(settings.server.drain_timeout_s), access_log=False,
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=settings.server.log_level,
+        timeout_graceful_shutdown=math.ceil(settings.server.drain_timeout_s), access_log=False,
     )
+    server = _DrainingServer(config, app, settings.server.drain_delay_s)
+    server.run()
+    if not server.started:
+        return 3  # the socket could not be bound or the app failed to start; uvicorn logged why
     return 0
 
 

@@ -10,11 +10,20 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping
 from contextvars import ContextVar
-from types import MappingProxyType
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -34,6 +43,9 @@ class ServerSettings(_Section):
     port: int = Field(8000, ge=1, le=65535)
     #: Seconds to finish in-flight and queued work after SIGTERM before workers are stopped.
     drain_timeout_s: float = Field(30.0, gt=0)
+    #: Seconds between SIGTERM and closing the listener: readiness reports 503 while requests are still served,
+    #: so load balancers stop routing here before connections start being refused.
+    drain_delay_s: float = Field(2.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: Request bodies above this are rejected with 413 before they are parsed.
     max_body_bytes: int = Field(64 * 1024, ge=1024)
@@ -85,6 +97,104 @@ class EngineSettings(_Section):
     name: str = "sambert"
 
 
+class AuthSettings(_Section):
+    """API keys for ``/v1/*``. Off by default for local use; probes, metrics, docs and the WebUI stay open."""
+
+    enabled: bool = False
+    #: Accepted ``Authorization: Bearer`` keys (``TTS_AUTH__KEYS='["k1","k2"]'``).
+    keys: tuple[SecretStr, ...] = ()
+    #: A file with one key per line (blank lines and ``#`` comments ignored), read at startup.
+    keys_file: Path | None = None
+
+    @field_validator("keys")
+    @classmethod
+    def _keys_sane(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        for key in value:
+            secret = key.get_secret_value()
+            if not secret or secret != secret.strip() or any(c.isspace() for c in secret):
+                raise ValueError("API keys must be non-empty and contain no whitespace")
+        return value
+
+    @field_validator("keys_file")
+    @classmethod
+    def _expand_home(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @model_validator(mode="after")
+    def _has_keys(self) -> AuthSettings:
+        if self.enabled and not self.keys and self.keys_file is None:
+            raise ValueError("auth.enabled needs auth.keys or auth.keys_file")
+        return self
+
+
+class RateLimitSettings(_Section):
+    """Token bucket per API key (per client address when auth is off) on ``/v1/*``; over it -> 429."""
+
+    enabled: bool = False
+    #: Sustained requests per second each client may make.
+    requests_per_second: float = Field(5.0, gt=0)
+    #: Requests a client may make at once after being idle (the bucket size).
+    burst: int = Field(10, ge=1)
+    #: Buckets kept in memory; the least recently seen client is forgotten first (it then starts with a full
+    #: bucket, which is what it would have had anyway after ``burst / requests_per_second`` idle seconds).
+    max_clients: int = Field(10_000, ge=1)
+
+
+class CorsSettings(_Section):
+    """Cross-origin access for browser clients on other origins. Off by default."""
+
+    enabled: bool = False
+    #: Exact origins (``https://app.example.com``); ``*`` only without credentials.
+    origins: tuple[str, ...] = ()
+    allow_credentials: bool = False
+
+    @field_validator("origins")
+    @classmethod
+    def _origins_exact(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in value:
+            if origin == "*":
+                continue
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query \
+                    or parts.fragment:
+                raise ValueError(f"CORS origin {origin!r} must be scheme://host[:port] with nothing after it")
+        return value
+
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> CorsSettings:
+        if self.enabled and not self.origins:
+            raise ValueError("cors.enabled needs at least one entry in cors.origins")
+        if self.allow_credentials and "*" in self.origins:
+            raise ValueError("cors.origins must not contain '*' when cors.allow_credentials is true")
+        return self
+
+
+class CacheSettings(_Section):
+    """Audio cache for identical requests (same normalised text, voice, emotion, speed, format, rate, model)."""
+
+    enabled: bool = False
+    #: In-memory LRU bound, in bytes of encoded audio.
+    max_bytes: int = Field(64 * 1024 * 1024, ge=0)
+    #: Optional second level on disk; None keeps everything in memory and writes no file.
+    disk_dir: Path | None = None
+    #: Disk bound, in bytes; the least recently used files are deleted beyond it.
+    disk_max_bytes: int = Field(1024 * 1024 * 1024, ge=0)
+    #: Bump to invalidate cached audio after changing model files in place.
+    revision: str = ""
+
+    @field_validator("disk_dir")
+    @classmethod
+    def _expand_home(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+
+class OpenAISettings(_Section):
+    """Behaviour of the OpenAI-compatible ``POST /v1/audio/speech``."""
+
+    #: Resample ``pcm`` to 24 kHz like OpenAI's (default: the model's native 16 kHz, see ``X-Sample-Rate``).
+    pcm_24khz: bool = False
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TTS_",
@@ -99,6 +209,11 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     limits: LimitSettings = LimitSettings()
     engine: EngineSettings = EngineSettings()
+    auth: AuthSettings = AuthSettings()
+    rate_limit: RateLimitSettings = RateLimitSettings()
+    cors: CorsSettings = CorsSettings()
+    cache: CacheSettings = CacheSettings()
+    openai: OpenAISettings = OpenAISettings()
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -5,18 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from tts_server import __version__
 from tts_server.api.errors import install_error_handlers
 from tts_server.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from tts_server.api.openai_compat import router as openai_router
 from tts_server.api.routes import router
+from tts_server.api.security import KeyStore, RateLimiter, SecurityMiddleware, document_security
+from tts_server.api.webui import webui_router
 from tts_server.config import Settings
+from tts_server.inference.cache import AudioCache
 from tts_server.inference.pool import WorkerPool
 from tts_server.metrics import ServerMetrics
 
@@ -40,15 +45,31 @@ class AppState:
     settings: Settings
     pool: WorkerPool
     metrics: ServerMetrics
+    #: None when ``cache.enabled`` is false.
+    cache: AudioCache | None = None
+
+
+#: Headers browser clients on other origins may read (CORS hides all but a few by default).
+EXPOSED_HEADERS = ["X-Request-Id", "X-Sample-Rate", "X-Audio-Duration", "X-Cache", "Retry-After",
+                   "X-Voice-Mapped", "X-Instructions-Ignored", "X-Emotion", "X-Speed-Applied",
+                   "Content-Disposition"]
 
 
 def create_app(settings: Settings) -> FastAPI:
     metrics = ServerMetrics(settings)
+    # Read keys now: a missing key file must stop the server at startup, not fail every request later.
+    keys = KeyStore.from_settings(settings) if settings.auth.enabled else None
+    rl = settings.rate_limit
+    limiter = RateLimiter(rl.requests_per_second, rl.burst, rl.max_clients) if rl.enabled else None
+    cache = AudioCache(settings, lambda hit: metrics.cache_lookups.labels("hit" if hit else "miss").inc()) \
+        if settings.cache.enabled else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = WorkerPool(settings)
-        app.state.tts = AppState(settings, pool, metrics)
+        app.state.tts = AppState(settings, pool, metrics, cache)
+        if cache is not None:
+            await cache.start()
         metrics.bind_pool(pool.stats, lambda: pool.voices)
         await pool.start()
         ready_watch = asyncio.create_task(_announce_ready(pool, metrics))
@@ -68,13 +89,33 @@ def create_app(settings: Settings) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(openai_router)
+    app.include_router(webui_router)
+    document_security(app, settings.auth.enabled)
     Instrumentator(
         excluded_handlers=UNMEASURED, registry=metrics.registry, should_group_status_codes=True,
     ).instrument(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes,
                        on_reject=lambda: metrics.rejected.labels("too_large").inc())
+    # The last added runs first. On the way in: request id, CORS (so 401/429 carry CORS headers and preflights
+    # need no key), keys and rate limit (before any body byte is read), body limit.
+    app.add_middleware(SecurityMiddleware, keys=keys, limiter=limiter, on_reject=_reject_counter(metrics))
+    if settings.cors.enabled:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors.origins),
+                           allow_credentials=settings.cors.allow_credentials, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+                           expose_headers=EXPOSED_HEADERS, max_age=600)
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def _reject_counter(metrics: ServerMetrics) -> Callable[[str], None]:
+    def count(reason: str) -> None:
+        # 401s are not a load signal; only rate limiting counts as a rejection.
+        if reason == "rate_limited":
+            metrics.rejected.labels("rate_limited").inc()
+
+    return count
 
 
 async def _announce_ready(pool: WorkerPool, metrics: ServerMetrics) -> None:

@@ -114,6 +114,9 @@ def install_error_handlers(app: FastAPI) -> None:
         errors = list(exc.errors())
         messages, params = zip(*(_validation_message(e) for e in errors), strict=True) if errors else ((), ())
         param = next((p for p in params if p), None)
+        state = getattr(request.app.state, "tts", None)
+        if state is not None:
+            state.metrics.rejected.labels("invalid").inc()
         return error_response(422, "; ".join(messages) or "invalid request", type_="invalid_request_error",
                               code="invalid_request", param=param)
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -27,7 +29,10 @@ from tts_server.api.schemas import (
     VoicesResponse,
     WorkersModel,
 )
+from tts_server.api.security import authenticated
 from tts_server.inference.audio import FORMATS, SUPPORTED_SAMPLE_RATES, encode, resample, to_int16, wav_stream_header
+from tts_server.inference.cache import AudioCache, CachedAudio, CacheKey, normalize_text
+from tts_server.inference.messages import Chunk
 from tts_server.inference.pool import (
     DeadlineExceeded,
     JobCancelled,
@@ -46,10 +51,16 @@ log = logging.getLogger("tts_server.api")
 
 router = APIRouter()
 
+T = TypeVar("T")
+
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "The body could not be decoded at all (e.g. not UTF-8)."},
+    401: {"model": ErrorResponse, "description": "Missing or invalid API key (only with auth enabled); see "
+                                                 "WWW-Authenticate."},
     413: {"model": ErrorResponse, "description": "Request body too large."},
     422: {"model": ErrorResponse, "description": "Invalid request; the message names the field and allowed values."},
     500: {"model": ErrorResponse, "description": "Internal error (details are logged, never returned)."},
+    429: {"model": ErrorResponse, "description": "Rate limit of this key or client exceeded; see Retry-After."},
     503: {"model": ErrorResponse, "description": "Overloaded or not ready; see the Retry-After header."},
     504: {"model": ErrorResponse, "description": "Synthesis did not finish before the deadline."},
 }
@@ -89,24 +100,6 @@ async def _wait_disconnect(request: Request) -> None:
             return
 
 
-async def _result_or_disconnect(request: Request, handle: JobHandle, state: AppState) -> SynthesisOutcome:
-    result = asyncio.ensure_future(handle.result())
-    gone = asyncio.ensure_future(_wait_disconnect(request))
-    try:
-        await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        # The server cancelled the handler (e.g. the connection was torn down).
-        state.pool.cancel(handle)
-        raise
-    finally:
-        gone.cancel()
-    if not result.done():
-        state.pool.cancel(handle)
-        result.cancel()
-        raise JobCancelled("client disconnected")
-    return result.result()
-
-
 def _resolve(body: SynthesizeRequest, state: AppState) -> tuple[str, str, int]:
     """Voice, emotion and output sample rate after defaults, or a 422 that names what is allowed."""
     voices = state.pool.voices
@@ -144,10 +137,11 @@ def _resolve(body: SynthesizeRequest, state: AppState) -> tuple[str, str, int]:
     response_class=Response,
     responses={200: {"content": {spec.media_type: {} for spec in FORMATS.values()},
                      "description": "Audio in the requested format. Headers: X-Sample-Rate, X-Audio-Duration, "
-                                    "X-Request-Id."}, **_ERRORS},
+                                    "X-Cache (hit|miss), X-Request-Id."}, **_ERRORS},
     tags=["synthesis"],
 )
-async def synthesize(body: SynthesizeRequest, request: Request) -> Response:
+async def synthesize(body: SynthesizeRequest, request: Request,
+                     principal: Annotated[str, Depends(authenticated)]) -> Response:
     state = _state(request)
     started = time.monotonic()
     request_id = _request_id(request)
@@ -155,29 +149,100 @@ async def synthesize(body: SynthesizeRequest, request: Request) -> Response:
     emotion = body.emotion or "-"
     try:
         voice, emotion, rate = _resolve(body, state)
-        handle = state.pool.submit(text=body.text, voice=voice, emotion=emotion, speed=body.speed,
-                                   request_id=request_id, stream=body.stream)
+        job = JobSpec(text=body.text, voice=voice, emotion=emotion, speed=body.speed, fmt=body.format, rate=rate,
+                      request_id=request_id, route="/v1/synthesize")
         if body.stream:
-            return await _stream(request, body, handle, state, voice, emotion, rate, started)
-        outcome = await _result_or_disconnect(request, handle, state)
+            cache = state.cache
+            cached = await cache.lookup(job.cache_key(cache), count=True) if cache is not None else None
+            if cached is None:
+                return await _stream(request, body, job, state, started)
+            item, hit = cached, True
+        else:
+            item, hit = await synthesize_encoded(request, state, job)
     except (PoolError, ApiError) as exc:
         _count_failure(state, exc, voice, emotion)
+        # Failures are latency too: a 504 that took 60 s must show in the p95 the alerts watch.
+        state.metrics.request_duration.labels("/v1/synthesize", body.format, str(body.stream).lower()).observe(
+            time.monotonic() - started)
         raise
-    t_enc = time.perf_counter()
-    audio = await asyncio.to_thread(_encode, outcome.audio, outcome.sample_rate, rate, body.format)
-    state.metrics.encode.observe(time.perf_counter() - t_enc)
-    state.metrics.observe_synthesis(outcome, len(body.text))
     state.metrics.requests.labels(voice, emotion, "ok").inc()
-    state.metrics.request_duration.labels("/v1/synthesize", body.format, "false").observe(
+    state.metrics.request_duration.labels("/v1/synthesize", body.format, str(body.stream).lower()).observe(
         time.monotonic() - started)
     spec = FORMATS[body.format]
-    log.info("request %s: %d chars -> %.2fs audio (queue %.3fs, inference %.3fs)", request_id, len(body.text),
-             outcome.audio_seconds, outcome.queue_wait_seconds, outcome.inference_seconds)
-    return Response(audio, media_type=spec.media_type, headers={
-        "X-Sample-Rate": str(rate),
-        "X-Audio-Duration": f"{outcome.audio_seconds:.3f}",
+    return Response(item.data, media_type=spec.media_type, headers={
+        "X-Sample-Rate": str(item.sample_rate),
+        "X-Audio-Duration": f"{item.audio_seconds:.3f}",
+        "X-Cache": "hit" if hit else "miss",
         "Content-Disposition": f'inline; filename="tts-{request_id[:16]}.{spec.extension}"',
     })
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One resolved synthesis request, whatever route it came from."""
+
+    text: str
+    voice: str
+    emotion: str
+    speed: float
+    fmt: str
+    rate: int
+    request_id: str
+    route: str
+
+    def cache_key(self, cache: AudioCache) -> CacheKey:
+        return cache.key(text=self.text, voice=self.voice, emotion=self.emotion, speed=self.speed, fmt=self.fmt,
+                         sample_rate=self.rate)
+
+    def submit(self, state: AppState, *, stream: bool = False) -> JobHandle:
+        # With the cache on, the engine gets exactly the text the cache key holds.
+        text = normalize_text(self.text) if state.cache is not None else self.text
+        return state.pool.submit(text=text, voice=self.voice, emotion=self.emotion, speed=self.speed,
+                                 request_id=self.request_id, stream=stream)
+
+
+async def synthesize_encoded(request: Request, state: AppState, job: JobSpec) -> tuple[CachedAudio, bool]:
+    """Encoded audio for ``job`` and whether it came from the cache (or an identical request in flight)."""
+    if state.cache is None:
+        return await _until_disconnect(request, _produce(state, job)), False
+    cache = state.cache
+    return await _until_disconnect(request, cache.get_or_create(job.cache_key(cache), lambda: _produce(state, job)))
+
+
+async def _produce(state: AppState, job: JobSpec) -> CachedAudio:
+    handle = job.submit(state)
+    try:
+        outcome = await handle.result()
+    except asyncio.CancelledError:
+        state.pool.cancel(handle)
+        raise
+    t_enc = time.perf_counter()
+    data = await asyncio.to_thread(_encode, outcome.audio, outcome.sample_rate, job.rate, job.fmt)
+    state.metrics.encode.observe(time.perf_counter() - t_enc)
+    state.metrics.observe_synthesis(outcome, len(job.text))
+    log.info("request %s: %d chars -> %.2fs audio (queue %.3fs, inference %.3fs)", job.request_id, len(job.text),
+             outcome.audio_seconds, outcome.queue_wait_seconds, outcome.inference_seconds)
+    return CachedAudio(data, FORMATS[job.fmt].media_type, job.rate, outcome.audio_seconds)
+
+
+async def _until_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` unless the client goes away first (then it is cancelled and JobCancelled raised)."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        # The server cancelled the handler (e.g. the connection was torn down).
+        task.cancel()
+        raise
+    finally:
+        gone.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, PoolError):
+            await task
+        raise JobCancelled("client disconnected")
+    return task.result()
 
 
 def _encode(audio: np.ndarray[Any, np.dtype[np.float32]], src_rate: int, rate: int, fmt: str) -> bytes:
@@ -198,48 +263,68 @@ def _count_failure(state: AppState, exc: PoolError | ApiError, voice: str, emoti
         state.metrics.requests.labels(voice, emotion, outcome).inc()
 
 
-async def _stream(request: Request, body: SynthesizeRequest, handle: JobHandle, state: AppState, voice: str,
-                  emotion: str, rate: int, started: float) -> Response:
+async def open_stream(state: AppState, job: JobSpec, started: float) -> tuple[JobHandle, AsyncIterator[bytes]]:
+    """Submit a streaming job and wait for its first sentence, so that errors before any audio still get a
+    proper status code. Returns the handle and an iterator of s16le PCM chunks at ``job.rate``."""
+    handle = job.submit(state, stream=True)
     chunks = handle.chunks()
-    # Wait for the first sentence so that errors before any audio still get a proper status code.
     try:
-        first = await chunks.__anext__()
+        first: Chunk | None = await chunks.__anext__()
     except StopAsyncIteration:
         first = None
-    except asyncio.CancelledError:
+    except BaseException:
         state.pool.cancel(handle)
         raise
-    state.metrics.ttfa.labels("/v1/synthesize").observe(time.monotonic() - started)
+    state.metrics.ttfa.labels(job.route).observe(time.monotonic() - started)
+
+    async def pcm() -> AsyncIterator[bytes]:
+        if first is not None:
+            yield to_int16(resample(first.audio, first.sample_rate, job.rate)).astype("<i2").tobytes()
+        async for chunk in chunks:
+            yield to_int16(resample(chunk.audio, chunk.sample_rate, job.rate)).astype("<i2").tobytes()
+
+    return handle, pcm()
+
+
+def finish_stream(state: AppState, job: JobSpec, outcome: SynthesisOutcome, started: float) -> None:
+    state.metrics.observe_synthesis(outcome, len(job.text))
+    state.metrics.requests.labels(job.voice, job.emotion, "ok").inc()
+    state.metrics.request_duration.labels(job.route, job.fmt, "true").observe(time.monotonic() - started)
+
+
+async def _stream(request: Request, body: SynthesizeRequest, job: JobSpec, state: AppState,
+                  started: float) -> Response:
+    handle, pcm = await open_stream(state, job, started)
 
     async def body_iter() -> AsyncIterator[bytes]:
         try:
-            if body.format == "wav":
-                yield wav_stream_header(rate)
-            if first is not None:
-                yield to_int16(resample(first.audio, first.sample_rate, rate)).astype("<i2").tobytes()
-            async for chunk in chunks:
-                yield to_int16(resample(chunk.audio, chunk.sample_rate, rate)).astype("<i2").tobytes()
+            if job.fmt == "wav":
+                yield wav_stream_header(job.rate)
+            async for piece in pcm:
+                yield piece
             outcome = await handle.result()
         except PoolError as exc:
             # Headers are gone: the only honest signal left for raw audio is to cut the connection.
-            _count_failure(state, exc, voice, emotion)
+            _count_failure(state, exc, job.voice, job.emotion)
             log.warning("request %s: stream failed after first byte: %s", handle.job.request_id,
                         api_error_from_pool(exc).message)
             raise
         finally:
             if not handle.done:
                 state.pool.cancel(handle)
-        state.metrics.observe_synthesis(outcome, len(body.text))
-        state.metrics.requests.labels(voice, emotion, "ok").inc()
-        state.metrics.request_duration.labels("/v1/synthesize", body.format, "true").observe(
-            time.monotonic() - started)
+        finish_stream(state, job, outcome, started)
 
     spec = FORMATS[body.format]
-    return StreamingResponse(body_iter(), media_type=spec.media_type, headers={"X-Sample-Rate": str(rate)})
+    return StreamingResponse(body_iter(), media_type=spec.media_type,
+                             headers={"X-Sample-Rate": str(job.rate), "X-Cache": "miss"})
+
+
+_GUARDED: dict[int | str, dict[str, Any]] = {401: _ERRORS[401], 429: _ERRORS[429]}
 
 
 @router.get("/v1/voices", response_model=VoicesResponse, tags=["synthesis"],
-            responses={503: _ERRORS[503]}, summary="Voices and their emotions")
+            responses={503: _ERRORS[503], **_GUARDED}, summary="Voices and their emotions",
+            dependencies=[Depends(authenticated)])
 async def voices(request: Request) -> VoicesResponse:
     pool = _state(request).pool
     if not pool.voices:
@@ -251,7 +336,8 @@ async def voices(request: Request) -> VoicesResponse:
     )
 
 
-@router.get("/v1/info", response_model=InfoResponse, tags=["synthesis"], summary="Server limits and formats")
+@router.get("/v1/info", response_model=InfoResponse, tags=["synthesis"], summary="Server limits and formats",
+            responses=_GUARDED, dependencies=[Depends(authenticated)])
 async def info(request: Request) -> InfoResponse:
     settings = _state(request).settings
     return InfoResponse(version=__version__, max_text_chars=settings.limits.max_text_chars, speed_min=SPEED_MIN,

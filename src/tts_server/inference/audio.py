@@ -42,7 +42,8 @@ FORMATS: Final[dict[str, FormatSpec]] = {
 
 def to_int16(audio: npt.NDArray[np.float32]) -> npt.NDArray[np.int16]:
     """Float [-1, 1] -> int16 the way the reference does (x * 32768, truncated), clipped instead of wrapping."""
-    return np.clip(audio * 32768.0, -32768, 32767).astype(np.int16)
+    scaled: npt.NDArray[np.float32] = np.clip(audio * 32768.0, -32768, 32767)
+    return scaled.astype(np.int16)
 
 
 def encode(audio: npt.NDArray[np.float32], sample_rate: int, fmt: str) -> bytes:

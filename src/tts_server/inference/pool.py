@@ -308,6 +308,7 @@ class WorkerPool:
         self._idle.set()
         self._ever_ready = asyncio.Event()
         self._draining = False
+        self._withdrawn = False
         self._closing = False
         self._service_ewma: float | None = None
 
@@ -323,6 +324,11 @@ class WorkerPool:
         except TimeoutError:
             return False
         return True
+
+    def begin_drain(self) -> None:
+        """Report not-ready while still admitting jobs: load balancers need a moment to stop routing here, and
+        what they send meanwhile should be served, not refused. ``drain`` then stops admission."""
+        self._withdrawn = True
 
     async def drain(self, timeout_s: float) -> bool:
         """Stop admitting and wait for queued and running jobs to finish. True when everything finished."""
@@ -352,11 +358,11 @@ class WorkerPool:
 
     @property
     def ready(self) -> bool:
-        return not self._draining and any(s.state in (_SlotState.READY, _SlotState.BUSY) for s in self._slots)
+        return not self.draining and any(s.state in (_SlotState.READY, _SlotState.BUSY) for s in self._slots)
 
     @property
     def draining(self) -> bool:
-        return self._draining
+        return self._draining or self._withdrawn
 
     @property
     def voices(self) -> Mapping[str, VoiceInfo]:
@@ -374,7 +380,7 @@ class WorkerPool:
             ),
             restarts=dict(self._restarts),
             ready=self.ready,
-            draining=self._draining,
+            draining=self.draining,
         )
 
     def retry_after(self) -> int:

@@ -67,7 +67,9 @@ class _PoolCollector(Collector):
             for state in WORKER_STATES:
                 workers.add_metric([state], stats.count(state))
             serving = stats.count("ready") + stats.count("busy") > 0
-            for voice in self._voices():
+            # Until a worker has reported its voices, the configured ones are the voices expected, at 0, so a
+            # model that never loads shows up as not loaded instead of as no data.
+            for voice in self._voices() or self._settings.model.voices:
                 loaded.add_metric([voice], 1.0 if serving else 0.0)
             live_pids = set()
             for w in stats.workers:

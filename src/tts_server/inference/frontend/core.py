@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tts_server.inference.frontend.errors import FrontendError
-from tts_server.inference.frontend.normalize import Reading, normalize
+from tts_server.inference.frontend.normalize import NUMBER_CLOSE, NUMBER_OPEN, WORD_SEP, Reading, normalize
 from tts_server.inference.frontend.pinyin import CJK_RE, Segmenter, Word, apply_sandhi, word_reading
 from tts_server.inference.frontend.ssml import (
     MAX_BREAK_S,
@@ -42,7 +42,11 @@ _PUNCT_LEVELS: dict[str, int] = {
     **dict.fromkeys("、—–-~～", 2),
     **dict.fromkeys("\"'“”‘’「」『』《》〈〉()（）[]【】{}<>·•/|", 0),
 }
-_TOKEN_RE = re.compile(r"(" + CJK_RE.pattern + r")|([^\S\n\r\u2028\u2029]+)|(.)", re.DOTALL)
+_TOKEN_RE = re.compile(
+    NUMBER_OPEN + "([^" + NUMBER_CLOSE + "]*)" + NUMBER_CLOSE
+    + r"|(" + CJK_RE.pattern + r")|([^\S\n\r\u2028\u2029]+)|(.)",
+    re.DOTALL,
+)  # fmt: skip
 _NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
@@ -91,13 +95,19 @@ class Frontend:
         self._segmenter = Segmenter()
         self._phones: dict[str, tuple[str, ...]] = {}
         if warm_up:
-            self.process("北京今天天气怎么样？2026年11月24日，气温-3℃。", speaker="F7", emotion="neutral",
-                         allowed_emotions=("neutral",))  # fmt: skip
+            # Fills pypinyin's and jieba's lazy structures and the caches, so the first request does not pay.
+            try:
+                self.process("北京今天天气怎么样？2026年11月24日，气温-3℃。", speaker="F7", emotion="neutral",
+                             allowed_emotions=())  # fmt: skip
+            except FrontendError as exc:
+                logger.warning("frontend warm-up text cannot be read with this phone set: %s", exc.public_message)
 
     @classmethod
-    def from_dict_dir(cls, path: str | Path, **kwargs: int | bool) -> Frontend:
-        """A frontend limited to the phones in ``<voice>/dict/PinYin/PhoneSet.xml``."""
-        return cls(load_phone_set(path), **kwargs)  # type: ignore[arg-type]
+    def from_dict_dir(
+        cls, path: str | Path, *, max_sentence_chars: int = DEFAULT_MAX_SENTENCE_CHARS, warm_up: bool = True
+    ) -> Frontend:
+        """A frontend limited to the phones in ``<voice>/dict/PinYin/PhoneSet.xml`` (``path`` is that folder)."""
+        return cls(load_phone_set(path), max_sentence_chars=max_sentence_chars, warm_up=warm_up)
 
     # -- public ----------------------------------------------------------------------------------------------
 
@@ -191,8 +201,17 @@ class Frontend:
                     continue
                 last = len(seg)
                 for m in _TOKEN_RE.finditer(seg):
-                    run, space, other = m.group(1), m.group(2), m.group(3)
-                    if run:
+                    fixed_words, run, space, other = m.group(1), m.group(2), m.group(3), m.group(4)
+                    if fixed_words is not None:
+                        # Readings the normaliser produced, already cut into words.
+                        for piece in fixed_words.split(WORD_SEP):
+                            if piece in _PUNCT_LEVELS:
+                                yield _Pause(_PUNCT_LEVELS[piece])
+                                continue
+                            syllables, chars = word_reading(piece)
+                            if syllables:
+                                yield Word(list(syllables), list(chars), item.emotion, False, item.speed)
+                    elif run:
                         for w in self._segmenter.words(run):
                             syllables, chars = word_reading(w)
                             if syllables:

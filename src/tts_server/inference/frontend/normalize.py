@@ -18,10 +18,15 @@ from tts_server.inference.frontend.tables import LETTER_READINGS, TRAD_TO_SIMP
 
 DIGIT_CHARS = "零一二三四五六七八九"
 _PHONE_DIGIT_CHARS = "零幺二三四五六七八九"
-#: Characters that belong to a number reading (used by the 一 sandhi to keep 一 as yi1 inside numbers).
-NUMBER_CHARS = frozenset("零幺一二三四五六七八九十百千万亿两点")
 
 _MAX_CARDINAL_DIGITS = 12
+
+_DIGIT_GROUP = 4
+
+#: Readings the rules produce are already segmented: ``NUMBER_OPEN word WORD_SEP word NUMBER_CLOSE`` marks them so
+#: that jieba does not re-cut them (it splits 二零二六年 or 百分之十二点五 arbitrarily). Private-use characters:
+#: ``prepare`` removes them from client text.
+NUMBER_OPEN, NUMBER_CLOSE, WORD_SEP = "\ue001", "\ue002", "\ue000"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,15 +109,36 @@ def read_decimal(number: str) -> str:
     return sign + out
 
 
+def group_reading(reading: str) -> list[str]:
+    """A number reading as prosodic words: a cardinal is cut after 万 and 亿 (一百二十三万 | 四千五百六十七), a
+    digit string into groups of at most four (幺三八幺 | 二三四五 | 六七八)."""
+    if not reading:
+        return []
+    if any(c in "十百千" for c in reading):
+        return [p for p in re.split(r"(?<=[万亿])(?!$)", reading) if p]
+    return [reading[i : i + _DIGIT_GROUP] for i in range(0, len(reading), _DIGIT_GROUP)]
+
+
+def words(*parts: str) -> str:
+    """Mark already segmented words: the frontend reads each as one word and does not re-segment them."""
+    return NUMBER_OPEN + WORD_SEP.join(p for p in parts if p) + NUMBER_CLOSE
+
+
 # -- tables ----------------------------------------------------------------------------------------------------
 
-# A bare 2 before these measure words reads 两 (两个人), not 二.
-_LIANG_FOLLOWERS = (
+# Measure words and units that form one word with the number before them (三张, 两公里); a bare 2 before them
+# reads 两 (两个人), not 二.
+_MEASURE_WORDS = (
     "个", "只", "位", "本", "次", "件", "条", "张", "种", "天", "年", "人", "名", "台", "辆", "家", "块", "份",
     "点", "岁", "周", "倍", "项", "双", "对", "句", "首", "元", "分钟", "小时", "个月", "杯", "瓶", "碗", "斤",
     "公里", "千克", "公斤", "克", "米", "层", "间", "遍", "场", "节", "部", "架", "所", "口", "样", "套", "片",
-    "颗", "根", "把", "头", "匹", "棵", "声", "趟", "下", "万", "千", "百", "亿",
+    "颗", "根", "把", "头", "匹", "棵", "声", "趟", "下", "页", "章", "集", "分", "秒", "度", "角", "号", "月",
+    "日", "人民币", "美元", "欧元", "英镑", "韩元", "卢比", "毫米", "厘米", "平方米", "平方公里", "立方米", "毫升",
+    "升", "吨", "毫克", "瓦", "千瓦", "伏", "安", "赫兹", "分贝", "摄氏度", "华氏度", "字节", "兆字节", "吉字节",
+    "千字节", "太字节", "毫秒", "公里每小时", "米每秒", "千瓦时", "毫安时", "纳米", "千赫兹", "兆赫兹", "吉赫兹",
+    "万", "亿", "万亿",
 )  # fmt: skip
+_NO_LIANG = frozenset({"月", "日", "号", "分", "秒", "度", "角", "页", "章", "集"})
 
 # Longest first so that km/h wins over km and mAh over mA.
 _UNITS = {
@@ -134,6 +160,8 @@ _CURRENCIES = {"¥": "元", "￥": "元", "$": "美元", "€": "欧元", "£": 
 _SYMBOL_WORDS = {"&": "和", "@": "艾特", "＆": "和", "×": "乘", "÷": "除以", "=": "等于", "≈": "约等于", "+": "加"}
 
 
+_MEASURE_RE = "|".join(re.escape(w) for w in sorted(set(_MEASURE_WORDS), key=len, reverse=True))
+
 # -- rules -----------------------------------------------------------------------------------------------------
 
 _NUM = r"[0-9]+(?:\.[0-9]+)?"
@@ -146,51 +174,57 @@ def _valid_date(month: str, day: str | None) -> bool:
 def _date(m: re.Match[str]) -> str:
     year, month, day = m.group(1), m.group(2), m.group(3)
     if not _valid_date(month, day):
-        return m.group(0).replace(m.group(0)[4], " ")
-    return read_digits(year) + "年" + read_cardinal(month) + "月" + read_cardinal(day) + "日"
+        return f"{year} {month} {day}"
+    return words(read_digits(year) + "年", read_cardinal(month) + "月", read_cardinal(day) + "日")
 
 
 def _year_month(m: re.Match[str]) -> str:
     year, month = m.group(1), m.group(2)
     if not _valid_date(month, None):
-        return m.group(0)
-    return read_digits(year) + "年" + read_cardinal(month) + "月"
+        return f"{year} {month}"
+    return words(read_digits(year) + "年", read_cardinal(month) + "月")
+
+
+def _year(m: re.Match[str]) -> str:
+    return words(read_digits(m.group(1)) + "年")
 
 
 def _clock(m: re.Match[str]) -> str:
     hour, minute, second = int(m.group(1)), int(m.group(2)), m.group(3)
     if hour > 24 or minute > 59 or (second is not None and int(second) > 59):
         # Not a time of day: a score or ratio (3:2).
-        return (
-            read_cardinal(m.group(1))
-            + "比"
-            + read_cardinal(m.group(2))
-            + ("比" + read_cardinal(second) if second is not None else "")
-        )
-    out = ("两" if hour == 2 else read_cardinal(m.group(1))) + "点"
+        parts = [read_cardinal(g) for g in m.groups() if g is not None]
+        return words("比".join(parts))
+    out = [("两" if hour == 2 else read_cardinal(m.group(1))) + "点"]
     if minute or second is not None:
-        out += ("零" if minute < 10 and minute else "") + read_cardinal(m.group(2)) + "分"
+        out.append(("零" if 0 < minute < 10 else "") + read_cardinal(m.group(2)) + "分")
     if second is not None:
-        out += read_cardinal(second) + "秒"
-    return out
+        out.append(read_cardinal(second) + "秒")
+    return words(*out)
 
 
 def _ratio(m: re.Match[str]) -> str:
-    return read_cardinal(m.group(1)) + "比" + read_cardinal(m.group(2))
+    return words(read_cardinal(m.group(1)) + "比" + read_cardinal(m.group(2)))
+
+
+def _phone_words(text: str) -> list[str]:
+    out: list[str] = []
+    for part in re.split(r"[-\s]+", text.lstrip("+")):
+        if part:
+            if out:
+                out.append("，")  # a short pause between digit groups, as numbers are read out
+            out.extend(group_reading(read_digits(part, phone=True)))
+    if text.startswith("+") and out:
+        out[0] = "加" + out[0]
+    return out
 
 
 def _phone(m: re.Match[str]) -> str:
-    text = m.group(0)
-    prefix = ""
-    if text.startswith("+"):
-        prefix, text = "加", text[1:]
-    parts = [read_digits(p, phone=True) for p in re.split(r"[-\s]", text) if p]
-    # A comma-level pause between digit groups is how numbers are read out.
-    return prefix + "，".join(parts)
+    return words(*_phone_words(m.group(0)))
 
 
 def _money(m: re.Match[str]) -> str:
-    sign = "负" if m.group(1) else ""
+    sign = "-" if m.group(1) else ""
     amount = m.group(3)
     if "." in amount:
         # ¥12.50 is said 十二点五元: trailing zeros of a price are not read.
@@ -199,27 +233,23 @@ def _money(m: re.Match[str]) -> str:
 
 
 def _percent_range(m: re.Match[str]) -> str:
-    return "百分之" + read_decimal(m.group(1)) + "到" + read_decimal(m.group(2))
+    return words("百分之" + read_decimal(m.group(1)), "到" + read_decimal(m.group(2)))
 
 
 def _percent(m: re.Match[str]) -> str:
     sign = "负" if m.group(1) else ""
-    return sign + "百分之" + read_decimal(m.group(2))
+    return words(sign + "百分之" + read_decimal(m.group(2)))
 
 
 def _fraction(m: re.Match[str]) -> str:
     num, den = m.group(1), m.group(2)
     if int(den) == 0:
-        return read_cardinal(num) + "比" + read_cardinal(den)
-    return read_cardinal(den) + "分之" + read_cardinal(num)
+        return words(read_cardinal(num) + "比" + read_cardinal(den))
+    return words(read_cardinal(den) + "分之" + read_cardinal(num))
 
 
 def _range(m: re.Match[str]) -> str:
-    return read_decimal(m.group(1)) + "到" + read_decimal(m.group(2))
-
-
-def _negative(m: re.Match[str]) -> str:
-    return "负" + read_decimal(m.group(1))
+    return words(read_decimal(m.group(1)) + "到" + read_decimal(m.group(2)) + (m.group(3) or ""))
 
 
 def _unit(m: re.Match[str]) -> str:
@@ -227,26 +257,29 @@ def _unit(m: re.Match[str]) -> str:
 
 
 def _number(m: re.Match[str]) -> str:
-    text = m.group(0)
-    if "." in text:
-        return read_decimal(text)
-    if len(text) > 1 and text.startswith("0"):
-        return read_digits(text)
-    if text == "2":
-        start, end = m.span()
-        before = m.string[max(0, start - 1) : start]
-        after = m.string[end : end + 3]
-        if before != "第" and after.startswith(_LIANG_FOLLOWERS):
-            return "两"
-    return read_cardinal(text)
+    ordinal, sign, number, measure = m.group(1) or "", m.group(2), m.group(3), m.group(4) or ""
+    if "." in number:
+        reading = read_decimal(number)
+    elif len(number) > 1 and number.startswith("0"):
+        reading = read_digits(number)
+    elif number == "2" and measure and not ordinal and measure not in _NO_LIANG:
+        reading = "两"
+    else:
+        reading = read_cardinal(number)
+    parts = group_reading(reading)
+    parts[0] = ordinal + ("负" if sign else "") + parts[0]
+    parts[-1] += measure
+    return words(*parts)
 
 
 def _symbol(m: re.Match[str]) -> str:
     return _SYMBOL_WORDS[m.group(1)]
 
 
-_Rule = tuple[re.Pattern[str], Callable[[re.Match[str]], str] | str]
+_Rule = tuple[re.Pattern[str], Callable[[re.Match[str]], str]]
 
+# Every pattern that starts with digits is anchored to the start of a digit run (?<![0-9.]): otherwise a long run
+# of digits is retried from each of its positions, which is quadratic.
 _RULES: list[_Rule] = [
     # 1,234,567 -> 1234567
     (re.compile(r"(?<![0-9.])([0-9]{1,3}(?:,[0-9]{3})+)(?![0-9,])"), lambda m: m.group(1).replace(",", "")),
@@ -255,20 +288,20 @@ _RULES: list[_Rule] = [
     (re.compile(r"(?<![0-9.])(?:0[0-9]{2,3}|400|800)-[0-9]{3,4}-?[0-9]{4}(?![0-9.])"), _phone),
     (re.compile(r"(?<![0-9.])([0-9]{4})[-/.]([0-9]{1,2})[-/.]([0-9]{1,2})(?![0-9.])"), _date),
     (re.compile(r"(?<![0-9.])([0-9]{4})[-/]([0-9]{1,2})(?![0-9./-])"), _year_month),
-    (re.compile(r"(?<![0-9.])([0-9]{4})(?=年)"), lambda m: read_digits(m.group(1))),
+    (re.compile(r"(?<![0-9.])([0-9]{4})年"), _year),
     (re.compile(r"(?<![0-9.:])([0-9]{1,2}):([0-9]{2})(?::([0-9]{2}))?(?![0-9:])"), _clock),
     (re.compile(r"(?<![0-9.:])([0-9]+):([0-9]+)(?![0-9:])"), _ratio),
-    # Units keep their digits (read later, so that 2kg is 两千克) and come before ranges and signs.
-    (re.compile(r"(" + _NUM + r")\s?(" + _LONG_UNIT_RE + r")(?![A-Za-z])"), _unit),
-    (re.compile(r"(" + _NUM + r")(" + _SHORT_UNIT_RE + r")(?![A-Za-z])"), _unit),
+    # Unit symbols become words and keep their digits, which the number rule reads together with them (2kg ->
+    # 两千克); single-letter units only right after the number (5m), so that "5 A" stays a letter.
+    (re.compile(r"(?<![0-9.])(" + _NUM + r")\s?(" + _LONG_UNIT_RE + r")(?![A-Za-z])"), _unit),
+    (re.compile(r"(?<![0-9.])(" + _NUM + r")(" + _SHORT_UNIT_RE + r")(?![A-Za-z])"), _unit),
     (re.compile(r"(-?)([¥￥$€£₩₹])\s?(" + _NUM + ")"), _money),
-    (re.compile(r"(" + _NUM + r")%?\s?[-~～]\s?(" + _NUM + r")\s?%"), _percent_range),
+    (re.compile(r"(?<![0-9.])(" + _NUM + r")%?\s?[-~～]\s?(" + _NUM + r")\s?%"), _percent_range),
     (re.compile(r"(?<![0-9.])(-?)(" + _NUM + r")\s?[%％]"), _percent),
     (re.compile(r"(?<![0-9./])([0-9]+)/([0-9]+)(?![0-9/])"), _fraction),
     (re.compile(r"([0-9])\s*([+×÷=≈])\s*(?=[0-9])"), lambda m: m.group(1) + _SYMBOL_WORDS[m.group(2)]),
-    (re.compile(r"(" + _NUM + r")\s?[-~～]\s?(" + _NUM + r")(?![0-9.])"), _range),
-    (re.compile(r"(?<![A-Za-z0-9.)\]])-(" + _NUM + ")"), _negative),
-    (re.compile(r"[0-9]+\.[0-9]+|[0-9]+"), _number),
+    (re.compile(r"(?<![0-9.])(" + _NUM + r")\s?[-~～]\s?(" + _NUM + r")(?![0-9.])(" + _MEASURE_RE + ")?"), _range),
+    (re.compile(r"(第)?(?:(?<![A-Za-z0-9.)\]])(-))?(" + _NUM + r")(" + _MEASURE_RE + ")?"), _number),
     (re.compile(r"([&@＆×÷=≈])"), _symbol),
 ]
 
@@ -287,6 +320,8 @@ def _fold_width_and_accents(text: str) -> str:
             # é, ñ, ü in Latin words: spell the base letter.
             base = unicodedata.normalize("NFD", ch)[0]
             out.append(base if base.isascii() else ch)
+        elif 0xE000 <= code <= 0xF8FF:
+            continue  # private use: reserved for the frontend's own word marks, never spoken
         else:
             out.append(ch)
     return "".join(out)
@@ -339,18 +374,16 @@ def say_as(text: str, interpret_as: str) -> list[Segment]:
     if interpret_as == "digits":
         if not re.fullmatch(r"[0-9\s-]+", raw) or not re.search(r"[0-9]", raw):
             raise ValueError("digits expects only digits")
-        return [read_digits(raw)]
+        return [words(*group_reading(read_digits(raw)))]
     if interpret_as == "telephone":
         if not re.fullmatch(r"\+?[0-9\s-]+", raw) or not re.search(r"[0-9]", raw):
             raise ValueError("telephone expects digits, spaces, '-' and a leading '+'")
-        prefix = "加" if raw.startswith("+") else ""
-        groups = [read_digits(g, phone=True) for g in re.split(r"[\s-]+", raw.lstrip("+")) if g]
-        return [prefix + "，".join(groups)]
+        return [words(*_phone_words(raw))]
     if interpret_as == "cardinal":
         clean = raw.replace(",", "")
         if not re.fullmatch(r"-?" + _NUM, clean):
             raise ValueError("cardinal expects a number")
-        return [read_decimal(clean)]
+        return [words(*group_reading(read_decimal(clean)))]
     if interpret_as == "date":
         m = re.fullmatch(r"([0-9]{4})[-/.]([0-9]{1,2})[-/.]([0-9]{1,2})", raw)
         if m is None or not _valid_date(m.group(2), m.group(3)):

@@ -14,10 +14,12 @@ from typing import Any
 from tts_server.inference.frontend.symbols import (
     Syllable,
     SyllableError,
+    has_erhua_final,
     parse_pinyin,
     syllable_phones,
     words_of,
 )
+from tts_server.inference.frontend.tables import NEUTRAL_REDUPLICATED
 
 logger = logging.getLogger(__name__)
 
@@ -49,28 +51,63 @@ class Word:
     speed: float = 1.0
 
 
+# Characters of number readings; jieba splits 二零二四 or 两千零二十四 arbitrarily, so runs of them are regrouped.
+_NUMBER_WORD_CHARS = frozenset("零〇幺一二三四五六七八九十百千万亿两点")
+_MAX_DIGIT_GROUP = 4
+
+
+def _chunk_number(number: str) -> list[str]:
+    """A number reading as prosodic words: a cardinal (两千零二十四) stays whole up to 万/亿 sections, a digit
+    string (幺三八幺二三四五六七八) is read in groups of at most four."""
+    unit = ""
+    if number[-1] not in _NUMBER_WORD_CHARS:
+        number, unit = number[:-1], number[-1]
+    if any(c in "十百千万亿" for c in number):
+        parts = [p for p in re.split(r"(?<=[万亿])", number) if p]
+    else:
+        parts = [number[i : i + _MAX_DIGIT_GROUP] for i in range(0, len(number), _MAX_DIGIT_GROUP)]
+    parts[-1] += unit
+    return parts
+
+
 class Segmenter:
     """jieba (one private tokenizer, initialised once, quiet) plus cached pypinyin lookups."""
 
     def __init__(self) -> None:
-        import jieba
-
-        logging.getLogger("jieba").setLevel(logging.WARNING)
-        self._tokenizer: Any = jieba.Tokenizer()
         with warnings.catch_warnings():
-            # jieba reaches for pkg_resources on some setuptools versions; that is its business, not ours.
+            # jieba imports pkg_resources when it exists, which setuptools 67-80 mark deprecated on import; that
+            # is jieba's business and must not fail a caller that turns warnings into errors.
             warnings.simplefilter("ignore", DeprecationWarning)
+            import jieba
+
+            logging.getLogger("jieba").setLevel(logging.WARNING)
+            self._tokenizer: Any = jieba.Tokenizer()
             self._tokenizer.initialize()
         self._freq: dict[str, int] = self._tokenizer.FREQ
         self._lock = threading.Lock()
+        _adjust_pypinyin()
 
     def words(self, run: str) -> list[str]:
         """Segment a run of CJK characters. Long dictionary compounds are split into their prosodic words."""
         with self._lock:
             raw: list[str] = self._tokenizer.lcut(run, HMM=True)
         out: list[str] = []
+        number = ""
         for w in raw:
+            if _NUMBER_WORD_CHARS.issuperset(w):
+                number += w
+                continue
+            if number and len(w) == 2 and w[0] in _NUMBER_WORD_CHARS:
+                # jieba glued the last digit to a unit (二零二 | 六年): keep the number and its unit together.
+                out.extend(_chunk_number(number + w))
+                number = ""
+                continue
+            if number:
+                out.extend(_chunk_number(number))
+                number = ""
             out.extend(self._split_compound(w))
+        if number:
+            out.extend(_chunk_number(number))
         return out
 
     def _split_compound(self, word: str) -> list[str]:
@@ -90,9 +127,25 @@ class Segmenter:
         return self._split_compound(word[:i]) + self._split_compound(word[i:])
 
 
-# pypinyin's default reading of a character standing alone, where that default is the less common one when the
-# character is a word on its own (很长 cháng, 跑得快 de, 教你 jiāo, 切菜 qiē).
-_SINGLE_CHAR_READINGS = {"长": "chang2", "得": "de5", "教": "jiao1", "切": "qie1"}
+_adjusted = False
+
+
+def _adjust_pypinyin() -> None:
+    """Make 长 default to cháng where pypinyin has no phrase for it (很长, 长度); its phrase table already covers
+    the zhǎng words (长大, 校长). This changes pypinyin's process-wide table, which only the frontend uses."""
+    global _adjusted
+    if not _adjusted:
+        from pypinyin import load_single_dict
+
+        load_single_dict({ord("长"): "cháng,zhǎng"})
+        _raw_pinyin.cache_clear()
+        word_reading.cache_clear()
+        _adjusted = True
+
+
+# pypinyin's default reading of a character, where that default is the less common one when the character is a
+# word on its own (跑 得 很快: de, 教 你: jiāo, 切 菜: qiē).
+_SINGLE_CHAR_READINGS = {"得": "de5", "教": "jiao1", "切": "qie1"}
 
 
 @lru_cache(maxsize=65536)
@@ -138,12 +191,13 @@ def word_reading(word: str) -> tuple[tuple[Syllable, ...], tuple[str, ...]]:
             continue
         syllables.append(syl)
         chars.append(ch)
+    if len(word) == 3 and word[1] == "得" and len(syllables) == 3:
+        syllables[1] = Syllable(syllables[1].base, 5)  # verb-得-complement: 跑得快, 看得见
     if (
         len(syllables) >= 2
         and chars[-1] == "儿"
         and word not in _NON_ERHUA_WORDS
-        and syllables[-2].base not in ("er",)
-        and not syllables[-2].base.endswith("r")
+        and has_erhua_final(syllables[-2].base)
     ):
         prev = syllables[-2]
         syllables[-2:] = [Syllable(prev.base + "r", prev.tone)]
@@ -182,15 +236,15 @@ def apply_sandhi(words: list[Word]) -> None:
         c = w.chars[i]
         if c == "不":
             set_tone(k, 4)
-            if char(k - 1) and char(k - 1) == char(k + 1):
-                set_tone(k, 5)  # A不A: 是不是, 好不好
+            if (char(k - 1) and char(k - 1) == char(k + 1)) or (len(w.syllables) == 3 and i == 1):
+                set_tone(k, 5)  # A不A (是不是, 好不好) and verb-不-complement words (对不起, 来不及)
             elif k + 1 < n and tone(k + 1) == 4:
                 set_tone(k, 2)
         elif c == "一":
             set_tone(k, 1)
             prev, nxt = char(k - 1), char(k + 1)
-            if prev == "第" or prev in _NUMBER_CHARS or nxt in _DIGIT_CHARS:
-                continue  # ordinal or part of a number: yi1
+            if prev == "第" or prev in _NUMBER_CHARS or nxt in _DIGIT_CHARS or nxt in ("月", "日", "号"):
+                continue  # ordinal, part of a number or a date: yi1
             if nxt == "点" and char(k + 2) in _DIGIT_CHARS:
                 continue  # 一点五
             if prev and prev == nxt:
@@ -199,6 +253,16 @@ def apply_sandhi(words: list[Word]) -> None:
             if k + 1 >= n or (i == len(w.syllables) - 1 and len(w.syllables) > 1):
                 continue  # end of phrase, or the end of a word such as 统一, 唯一
             set_tone(k, 2 if tone(k + 1) in (4, 5) else 4)
+
+    # 地 standing alone after a word of two or more syllables is the adverbial particle (开心地玩): de5.
+    for a, b in itertools.pairwise(words):
+        if not b.fixed and b.chars == ["地"] and not a.fixed and len(a.syllables) >= 2 and b is not words[-1]:
+            b.syllables[0] = Syllable("de", 5)
+
+    # Reduplicated kinship nouns and verbs have a neutral second syllable (妈妈, 看看).
+    for w in words:
+        if not w.fixed and len(w.chars) == 2 and w.chars[0] == w.chars[1] and w.chars[0] in NEUTRAL_REDUPLICATED:
+            w.syllables[1] = Syllable(w.syllables[1].base, 5)
 
     # Third tone: within a word every 3 before a 3 becomes 2 (你好, 展览馆); across a word boundary too when one
     # side is a single syllable (很 好, 可以 走), since such words do not form their own prosodic word.

@@ -214,6 +214,8 @@ class _Walker:
             return
         if name == "emotion":
             category = el.get("category")
+            if category is not None:
+                category = category.strip().removeprefix("emotion_")
             if category is None:
                 raise _fail("<emotion> needs category", param="emotion")
             if category not in self.allowed_emotions:

@@ -156,6 +156,17 @@ def syllable_phones(base: str, inventory: frozenset[str] = DEFAULT_PHONES) -> tu
     return phones
 
 
+def has_erhua_final(base: str, inventory: frozenset[str] = DEFAULT_PHONES) -> bool:
+    """Whether toneless ``base`` (without the r) has an erhua final in ``inventory`` (wan -> anr_c)."""
+    try:
+        _, final, erhua = _split(base)
+    except SyllableError:
+        return False
+    if erhua or final == "er":
+        return False
+    return ("er" if final == "e" else final + "r") + "_c" in inventory
+
+
 def load_phone_set(dict_dir: str | Path) -> frozenset[str]:
     """Phone names from a voice's ``dict/PinYin/PhoneSet.xml`` (namespaced or not)."""
     path = Path(dict_dir) / "PhoneSet.xml"

@@ -28,3 +28,10 @@ LETTER_READINGS: dict[str, tuple[str, ...]] = {
     "S": ("ai2", "si5"), "T": ("ti4",), "U": ("you1",), "V": ("wei1",), "W": ("da2", "bu5", "liu1"),
     "X": ("ai2", "ke4", "si5"), "Y": ("wai4",), "Z": ("zei4",),
 }  # fmt: skip
+
+# Characters whose reduplication (妈妈, 看看) is a noun or verb read with a neutral second syllable; adjectives and
+# adverbs (慢慢, 好好, 常常) keep their tone and are not listed.
+NEUTRAL_REDUPLICATED = frozenset(
+    "妈爸哥姐弟妹奶爷叔婆公舅姑伯姥宝娃星猩太婶嫂"  # kinship and other nouns
+    "看听想试说走谈问谢坐玩聊尝找动歇瞧摸数洗转写读学练逛跳笑闻揉敲帮"  # verbs: do a little
+)

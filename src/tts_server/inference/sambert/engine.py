@@ -83,6 +83,7 @@ class SambertVoice:
         self.am.eval()
         for p in self.am.parameters():
             p.requires_grad_(False)
+        self.am.prepare()
 
         voc_config = read_yaml(files.voc_config)
         voc_params = config_section(voc_config, files.voc_config, "Model", "Generator", "params")
@@ -285,10 +286,6 @@ class SambertEngine:
         frontend = Frontend(phone_inventory=voice.unit.phone_inventory)
         self._frontends[voice.name] = frontend
         return frontend
-
-
-def _allowed(values: Collection[str]) -> str:
-    return ", ".join(values)
 
 
 def _model_sample_rate(model_dir: Path) -> int:

@@ -87,6 +87,8 @@ def parse_phone_set(path: Path) -> list[str]:
         raise EngineLoadError(f"phone set {path} not found") from exc
     except Exception as exc:  # defusedxml raises ParseError and its own security errors
         raise EngineLoadError(f"cannot parse phone set {path}: {exc}") from exc
+    if root is None:
+        raise EngineLoadError(f"phone set {path} is empty")
     phones: list[str] = []
     for node in root.findall(_PHONESET_NS + "phone"):
         name = node.find(_PHONESET_NS + "name")

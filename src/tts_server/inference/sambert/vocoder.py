@@ -152,8 +152,8 @@ class ResidualBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         for c1, c2 in zip(self.convs1, self.convs2, strict=True):
             xt = c1(F.leaky_relu(x, self.slope))
-            xt = c2(F.leaky_relu(xt, self.slope))
-            x = xt + x
+            xt = c2(F.leaky_relu_(xt, self.slope))
+            x = xt.add_(x)
         return x
 
 
@@ -180,28 +180,162 @@ class HifiGanGenerator(nn.Module):
             for rk, rd in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilations, strict=True):
                 self.conv_blocks.append(ResidualBlock(c_out, rk, rd, cfg.causal, cfg.negative_slope))
         self.conv_post = Conv(ch // (2 ** len(cfg.upsample_scales)), cfg.out_channels, k, 1, cfg.causal)
+        # Typed views of the containers above (plain lists are not registered again as submodules).
+        self._deconvs: list[Deconv] = [m[1] for m in self.transpose_upsamples]  # type: ignore[index]
+        self._repeat_convs: list[Conv] = [m[2] for m in self.repeat_upsamples]  # type: ignore[index]
+        self._blocks: list[ResidualBlock] = list(self.conv_blocks)  # type: ignore[arg-type]
+        self._fused_up: list[tuple[Tensor, Tensor]] | None = None
+        self._nwc: _NwcPlan | None = None
+
+    def prepare(self) -> None:
+        """Derive the fast inference layout from the loaded weights (call after loading).
+
+        With causal convolutions, ``conv(repeat(a, s))`` is itself a transposed convolution of ``a`` with stride
+        ``s`` and kernel length ``s + k - 1`` (each output phase sums the conv taps that land on the same input
+        sample). Adding that kernel to the transposed branch's kernel gives a single transposed convolution at the
+        low rate instead of a convolution at the upsampled rate: same result up to float rounding, less work.
+        That transposed convolution then runs as a plain convolution with one output group per phase
+        (``_polyphase``), and everything runs on channels-last tensors (``_NwcPlan``).
+        """
+        self._fused_up = None
+        self._nwc = None
+        cfg = self.cfg
+        if not (cfg.causal and cfg.repeat_upsample):
+            return
+        fused = []
+        for i, scale in enumerate(cfg.upsample_scales):
+            deconv = self._deconvs[i].deconv
+            conv = self._repeat_convs[i].conv1d
+            w_t = deconv.weight.detach()  # [in, out, k_t]
+            w_r = conv.weight.detach()  # [out, in, k]
+            k = w_r.shape[-1]
+            length = max(w_t.shape[-1], scale + k - 1)
+            kernel = w_t.new_zeros(w_t.shape[0], w_t.shape[1], length)
+            kernel[:, :, : w_t.shape[-1]] += w_t
+            taps = w_r.permute(1, 0, 2)  # [in, out, k]
+            for phase in range(scale):
+                for j in range(k):
+                    kernel[:, :, phase + k - 1 - j] += taps[:, :, j]
+            bias = _bias_of(deconv) + _bias_of(conv)
+            fused.append((kernel.contiguous(), bias))
+        self._fused_up = fused
+        # Channels-last 2-D layouts ([1, C, 1, T] stored time-major): oneDNN runs these convolutions faster than
+        # the 1-D channels-first ones, and with batch 1 a causal trim of the time axis stays a contiguous view.
+        self._nwc = _NwcPlan(self, fused)
 
     def forward(self, mel: Tensor) -> Tensor:
         """``mel``: [frames, in_channels] -> waveform [frames * hop]."""
+        if self._nwc is not None:
+            return self._nwc.run(mel)
         cfg = self.cfg
         slope = cfg.negative_slope
         n_kernels = len(cfg.resblock_kernel_sizes)
+        fused = self._fused_up
         x = self.conv_pre(mel.t().unsqueeze(0))
         for i, scale in enumerate(cfg.upsample_scales):
-            x = torch.sin(x) + x
+            x = torch.sin(x).add_(x)
             act = F.leaky_relu(x, slope)
-            up = self.transpose_upsamples[i][1](act)
-            if cfg.repeat_upsample:
-                rep = self.repeat_upsamples[i][2](torch.repeat_interleave(act, scale, dim=-1))
-                x = rep + up[:, :, : rep.shape[-1]]
+            length = act.shape[-1] * scale
+            if fused is not None:
+                kernel, bias = fused[i]
+                x = F.conv_transpose1d(act, kernel, bias, stride=scale)[:, :, :length]
             else:
-                x = up
-            xs = self.conv_blocks[i * n_kernels](x)
-            for j in range(1, n_kernels):
-                xs = xs + self.conv_blocks[i * n_kernels + j](x)
-            x = xs / n_kernels
+                up = self._deconvs[i](act)
+                if cfg.repeat_upsample:
+                    rep = self._repeat_convs[i](torch.repeat_interleave(act, scale, dim=-1))
+                    x = rep + up[:, :, :length]
+                else:
+                    x = up
+            blocks = self._blocks[i * n_kernels : (i + 1) * n_kernels]
+            xs = blocks[0](x)
+            for block in blocks[1:]:
+                xs = xs.add_(block(x))
+            x = xs.div_(n_kernels)
         x = self.conv_post(F.leaky_relu(x))
         return torch.tanh(x).reshape(-1)
+
+
+_ConvPlan = tuple[Tensor, Tensor | None, int, int]
+
+
+def _conv_plan(conv: Conv) -> _ConvPlan:
+    c = conv.conv1d
+    weight = c.weight.detach().unsqueeze(2).contiguous(memory_format=torch.channels_last)
+    bias = None if c.bias is None else c.bias.detach()
+    return weight, bias, int(c.dilation[0]), conv.left
+
+
+def _conv(x: Tensor, plan: _ConvPlan) -> Tensor:
+    """Causal convolution of a [1, C, 1, T] channels-last signal: pad both sides, keep the first T outputs."""
+    weight, bias, dilation, left = plan
+    return F.conv2d(x, weight, bias, padding=(0, left), dilation=(1, dilation))[..., : x.shape[-1]]
+
+
+class _NwcPlan:
+    """The causal generator's forward pass on channels-last 2-D tensors (see ``HifiGanGenerator.prepare``)."""
+
+    def __init__(self, gen: HifiGanGenerator, fused: list[tuple[Tensor, Tensor]]) -> None:
+        cfg = gen.cfg
+        self.slope = cfg.negative_slope
+        self.scales = cfg.upsample_scales
+        self.n_kernels = len(cfg.resblock_kernel_sizes)
+        self.pre = _conv_plan(gen.conv_pre)
+        self.post = _conv_plan(gen.conv_post)
+        self.up = [_polyphase(k, b, s) for (k, b), s in zip(fused, self.scales, strict=True)]
+        self.blocks = [
+            [(_conv_plan(c1), _conv_plan(c2)) for c1, c2 in zip(b.convs1, b.convs2, strict=True)]  # type: ignore[arg-type]
+            for b in gen._blocks
+        ]
+
+    def run(self, mel: Tensor) -> Tensor:
+        slope = self.slope
+        # [frames, mels] transposed is already the channels-last memory layout of [1, mels, 1, frames].
+        x = _conv(mel.t()[None, :, None, :], self.pre)
+        for i, scale in enumerate(self.scales):
+            x = torch.sin(x).add_(x)
+            act = F.leaky_relu(x, slope)
+            kernel, bias = self.up[i]
+            length = act.shape[-1]
+            phases = F.conv2d(act, kernel, bias, padding=(0, kernel.shape[-1] - 1))[..., :length]
+            # Channels-last memory of [1, scale * C, 1, T] with channels ordered (phase, channel) is exactly that
+            # of [1, C, 1, T * scale]: interleaving the phases is a view.
+            x = phases.permute(0, 2, 3, 1).reshape(1, 1, length * scale, -1).permute(0, 3, 1, 2)
+            xs: Tensor | None = None
+            for block in self.blocks[i * self.n_kernels : (i + 1) * self.n_kernels]:
+                y = x
+                for c1, c2 in block:
+                    yt = _conv(F.leaky_relu(y, slope), c1)
+                    y = _conv(F.leaky_relu_(yt, slope), c2).add_(y)
+                xs = y if xs is None else xs.add_(y)
+            assert xs is not None
+            x = xs.div_(self.n_kernels)
+        x = _conv(F.leaky_relu(x), self.post)
+        return torch.tanh(x).reshape(-1)
+
+
+def _polyphase(kernel: Tensor, bias: Tensor, stride: int) -> tuple[Tensor, Tensor]:
+    """A causal transposed convolution (weight [in, out, L], output trimmed to ``T * stride``) as a causal
+    convolution with ``stride * out`` output channels, one group of ``out`` per output phase.
+
+    Output sample ``n * stride + p`` is ``sum_m W[:, :, m * stride + p]^T a[n - m]``: the conv's tap ``j`` reads
+    ``a[n - (taps - 1) + j]``, i.e. ``m = taps - 1 - j``. oneDNN runs the plain convolution about twice as fast.
+    """
+    c_in, c_out, length = kernel.shape
+    taps = -(-length // stride)
+    padded = kernel.new_zeros(c_in, c_out, taps * stride)
+    padded[:, :, :length] = kernel
+    # [in, out, m, p] -> [p, out, in, m] -> taps reversed so that the last tap is the current sample
+    w = padded.reshape(c_in, c_out, taps, stride).permute(3, 1, 0, 2).flip(-1)
+    w = w.reshape(stride * c_out, c_in, 1, taps).contiguous(memory_format=torch.channels_last)
+    return w, bias.repeat(stride)
+
+
+def _bias_of(conv: nn.Conv1d | nn.ConvTranspose1d) -> Tensor:
+    if conv.bias is None:
+        return conv.weight.new_zeros(
+            conv.weight.shape[1] if isinstance(conv, nn.ConvTranspose1d) else conv.weight.shape[0]
+        )
+    return conv.bias.detach()
 
 
 def fold_weight_norm(module: nn.Module, raw: Mapping[str, Tensor], path: Path, weight_norm: bool) -> dict[str, Tensor]:
@@ -249,6 +383,7 @@ def build_generator(cfg: HifiGanConfig, raw_state: Mapping[str, Tensor], path: P
     gen = HifiGanGenerator(cfg)
     load_strict(gen, fold_weight_norm(gen, raw_state, path, cfg.use_weight_norm), path)
     gen.eval()
+    gen.prepare()
     for p in gen.parameters():
         p.requires_grad_(False)
     return gen

@@ -1,0 +1,448 @@
+// tts-server WebUI: plain browser JavaScript, no build step and no third-party code.
+"use strict";
+
+(() => {
+  // Display names for the emotions the Sambert voices use; unknown names are shown as they come.
+  const EMOTION_NAMES = {
+    neutral: "中性", happy: "开心", sad: "悲伤", angry: "生气", fear: "恐惧", fearful: "恐惧",
+    disgust: "厌恶", disgusted: "厌恶", surprise: "惊讶", surprised: "惊讶", calm: "平静",
+  };
+  // Formats a browser can play from an <audio> element (raw pcm cannot, so it is not offered here).
+  const UI_FORMATS = ["wav", "mp3", "flac", "ogg", "opus"];
+  const FORMAT_MIME = {
+    wav: "audio/wav", mp3: "audio/mpeg", flac: "audio/flac",
+    ogg: 'audio/ogg; codecs="vorbis"', opus: 'audio/ogg; codecs="opus"',
+  };
+  const KEY_STORAGE = "tts-server.api-key";
+
+  const $ = (id) => document.getElementById(id);
+  const el = {
+    form: $("tts-form"), text: $("text"), used: $("char-used"), limit: $("char-limit"), counter: $("char-count"),
+    voice: $("voice"), emotions: $("emotions"), speed: $("speed"), speedValue: $("speed-value"),
+    speedMin: $("speed-min"), speedMax: $("speed-max"), formats: $("formats"), apiKey: $("api-key"),
+    advanced: $("advanced"), button: $("synthesize"), status: $("status"), error: $("error"),
+    errorTitle: $("error-title"), errorDetail: $("error-detail"), result: $("result"), player: $("player"),
+    playbackNote: $("playback-note"), meta: $("result-meta"), download: $("download"),
+    preview: $("use-preview"), version: $("server-version"),
+  };
+
+  const state = {
+    limit: null, voices: new Map(), busy: false, loaded: false, objectUrl: null,
+    countdown: null, reloadTimer: null,
+  };
+
+  // Python's len() counts code points; a JS string's length counts UTF-16 units, which differs for emoji and
+  // rare CJK characters. Counting the same way as the server keeps the counter and the 422 in agreement.
+  const charCount = (text) => Array.from(text).length;
+
+  // ---------------------------------------------------------------- HTTP helpers
+
+  class ApiError extends Error {
+    constructor(status, message, code, param, retryAfter) {
+      super(message);
+      this.status = status;
+      this.code = code;
+      this.param = param;
+      this.retryAfter = retryAfter;
+    }
+  }
+
+  function authHeaders() {
+    const key = el.apiKey.value.trim();
+    return key ? { Authorization: `Bearer ${key}` } : {};
+  }
+
+  function parseRetryAfter(value) {
+    if (!value) return null;
+    const seconds = Number(value);
+    if (Number.isFinite(seconds)) return Math.max(0, Math.ceil(seconds));
+    const date = Date.parse(value);
+    return Number.isNaN(date) ? null : Math.max(0, Math.ceil((date - Date.now()) / 1000));
+  }
+
+  async function toApiError(response) {
+    let message = "", code = null, param = null;
+    try {
+      const body = await response.json();
+      if (body && body.error) {
+        message = body.error.message || "";
+        code = body.error.code || null;
+        param = body.error.param || null;
+      }
+    } catch (_) {
+      // Not an ErrorResponse (a proxy's HTML page, say): the status alone has to do.
+    }
+    return new ApiError(response.status, message || response.statusText || `HTTP ${response.status}`, code,
+      param, parseRetryAfter(response.headers.get("Retry-After")));
+  }
+
+  async function getJSON(path) {
+    let response;
+    try {
+      response = await fetch(path, { headers: { Accept: "application/json", ...authHeaders() } });
+    } catch (err) {
+      throw new ApiError(0, String(err), "network", null, null);
+    }
+    if (!response.ok) throw await toApiError(response);
+    return response.json();
+  }
+
+  // ---------------------------------------------------------------- errors in plain language
+
+  function describe(err) {
+    if (!(err instanceof ApiError)) {
+      return { title: "出错了 · Something went wrong", detail: String(err && err.message || err) };
+    }
+    const retry = err.retryAfter;
+    switch (err.status) {
+      case 0:
+        return { title: "无法连接服务器 · Can't reach the server",
+                 detail: "请检查服务器是否在运行以及网络连接。Check that the server is running and that you are online." };
+      case 400: case 422:
+        return { title: "请检查输入 · Please check your input", detail: err.message };
+      case 401: case 403:
+        return { title: "需要有效的 API 密钥 · A valid API key is required",
+                 detail: "请在“高级”中填写 API 密钥后重试。Enter your API key under Advanced, then try again.",
+                 needsKey: true };
+      case 413:
+        return { title: "请求太大 · The request is too large", detail: "请缩短文本。Please shorten the text." };
+      case 429:
+        return { title: "请求太频繁 · Too many requests",
+                 detail: "已达到请求频率上限。You have reached the request rate limit.", retry };
+      case 503: {
+        const starting = err.code === "not_ready";
+        return {
+          title: starting ? "服务器尚未就绪 · The server is not ready yet" : "服务器繁忙 · The server is busy",
+          detail: starting ? "语音模型正在加载。The voice model is still loading."
+            : "当前请求过多。Too many requests are being processed right now.",
+          retry: retry ?? 5,
+        };
+      }
+      case 504:
+        return { title: "合成超时 · Synthesis took too long",
+                 detail: "请尝试较短的文本，或稍后重试。Try a shorter text, or try again later." };
+      default:
+        if (err.status >= 500) {
+          return { title: "服务器出错 · The server ran into a problem",
+                   detail: `请稍后重试。Please try again. (${err.message})` };
+        }
+        return { title: `请求失败 · Request failed (HTTP ${err.status})`, detail: err.message };
+    }
+  }
+
+  function stopCountdown() {
+    if (state.countdown) clearInterval(state.countdown);
+    state.countdown = null;
+  }
+
+  function showError(info, { onRetryReady } = {}) {
+    stopCountdown();
+    el.errorTitle.textContent = info.title;
+    el.error.hidden = false;
+    if (info.needsKey) {
+      el.advanced.open = true;
+    }
+    if (info.retry == null) {
+      el.errorDetail.textContent = info.detail;
+      return;
+    }
+    // Retry-After is a promise from the server: counting it down tells the user exactly when to try again.
+    const until = Date.now() + info.retry * 1000;
+    const render = () => {
+      const left = Math.max(0, Math.ceil((until - Date.now()) / 1000));
+      if (left > 0) {
+        el.errorDetail.textContent = `${info.detail} 请在 ${left} 秒后重试。Please try again in ${left} s.`;
+        return;
+      }
+      stopCountdown();
+      el.errorDetail.textContent = `${info.detail} 现在可以重试。You can try again now.`;
+      if (onRetryReady) onRetryReady();
+      updateButton();
+    };
+    state.countdown = setInterval(render, 1000);
+    render();
+  }
+
+  function clearError() {
+    stopCountdown();
+    el.error.hidden = true;
+    el.errorTitle.textContent = "";
+    el.errorDetail.textContent = "";
+  }
+
+  function setStatus(text) {
+    el.status.textContent = text;
+  }
+
+  // ---------------------------------------------------------------- form state
+
+  function updateCounter() {
+    const used = charCount(el.text.value);
+    el.used.textContent = String(used);
+    const limit = state.limit;
+    const over = limit != null && used > limit;
+    el.counter.classList.toggle("over", over);
+    el.counter.classList.toggle("near", limit != null && !over && used > limit * 0.9);
+    el.text.setAttribute("aria-invalid", over ? "true" : "false");
+  }
+
+  function updateButton() {
+    el.button.disabled = state.busy || !state.loaded || state.countdown !== null;
+  }
+
+  function setBusy(busy) {
+    state.busy = busy;
+    el.form.setAttribute("aria-busy", String(busy));
+    el.button.classList.toggle("busy", busy);
+    el.button.querySelector(".btn-label").innerHTML = busy
+      ? '合成中… <span class="en">Synthesizing…</span>'
+      : '合成 <span class="en">Synthesize</span>';
+    updateButton();
+  }
+
+  function chip(name, value, checked, main, sub) {
+    const label = document.createElement("label");
+    label.className = "chip";
+    const input = document.createElement("input");
+    input.type = "radio";
+    input.name = name;
+    input.value = value;
+    input.checked = checked;
+    const text = document.createElement("span");
+    text.textContent = main;
+    if (sub) {
+      const en = document.createElement("span");
+      en.className = "en";
+      en.textContent = sub;
+      text.append(" ", en);
+    }
+    label.append(input, text);
+    return label;
+  }
+
+  function selected(name) {
+    const input = el.form.querySelector(`input[name="${name}"]:checked`);
+    return input ? input.value : null;
+  }
+
+  function renderEmotions() {
+    const voice = state.voices.get(el.voice.value);
+    const keep = selected("emotion");
+    el.emotions.replaceChildren();
+    if (!voice) return;
+    const current = voice.emotions.includes(keep) ? keep : voice.default_emotion;
+    for (const emotion of voice.emotions) {
+      const zh = EMOTION_NAMES[emotion];
+      el.emotions.append(chip("emotion", emotion, emotion === current, zh || emotion, zh ? emotion : ""));
+    }
+    el.preview.disabled = !voice.preview_text;
+  }
+
+  function renderFormats(formats) {
+    const offered = UI_FORMATS.filter((f) => formats.includes(f));
+    const keep = selected("format");
+    el.formats.replaceChildren();
+    for (const format of offered) {
+      const checked = keep ? keep === format : format === offered[0];
+      el.formats.append(chip("format", format, checked, format.toUpperCase(), ""));
+    }
+  }
+
+  function applyInfo(info) {
+    state.limit = info.max_text_chars;
+    el.limit.textContent = String(info.max_text_chars);
+    el.speed.min = String(info.speed_min);
+    el.speed.max = String(info.speed_max);
+    el.speedMin.textContent = `${info.speed_min}×`;
+    el.speedMax.textContent = `${info.speed_max}×`;
+    renderFormats(info.formats);
+    if (info.version) {
+      el.version.textContent = `v${info.version}`;
+      el.version.hidden = false;
+    }
+    updateCounter();
+  }
+
+  function applyVoices(data) {
+    const previous = el.voice.value;
+    state.voices = new Map(data.voices.map((v) => [v.name, v]));
+    el.voice.replaceChildren();
+    for (const voice of data.voices) {
+      const option = document.createElement("option");
+      option.value = voice.name;
+      option.textContent = voice.name;
+      el.voice.append(option);
+    }
+    el.voice.value = state.voices.has(previous) ? previous : (data.default_voice || data.voices[0]?.name || "");
+    el.voice.disabled = data.voices.length === 0;
+    renderEmotions();
+    const voice = state.voices.get(el.voice.value);
+    if (!el.text.value && voice && voice.preview_text) {
+      el.text.value = voice.preview_text;
+      updateCounter();
+    }
+  }
+
+  async function load() {
+    clearTimeout(state.reloadTimer);
+    state.loaded = false;
+    updateButton();
+    setStatus("正在加载音色… Loading voices…");
+    try {
+      const [info, voices] = await Promise.all([getJSON("/v1/info"), getJSON("/v1/voices")]);
+      applyInfo(info);
+      applyVoices(voices);
+      state.loaded = true;
+      clearError();
+      setStatus(`已就绪，共 ${voices.voices.length} 个音色。Ready: ${voices.voices.length} voice(s).`);
+      document.body.dataset.ready = "true";
+    } catch (err) {
+      setStatus("");
+      const info = describe(err);
+      if (err instanceof ApiError && err.status === 0) info.retry = 5;
+      // A server that is starting or busy will answer soon: reload by itself instead of asking the user to.
+      showError(info, { onRetryReady: info.retry != null ? load : undefined });
+    }
+    updateButton();
+  }
+
+  // ---------------------------------------------------------------- synthesis
+
+  function stamp(date) {
+    const p = (n) => String(n).padStart(2, "0");
+    return `${date.getFullYear()}${p(date.getMonth() + 1)}${p(date.getDate())}-`
+      + `${p(date.getHours())}${p(date.getMinutes())}${p(date.getSeconds())}`;
+  }
+
+  const safeName = (s) => String(s).replace(/[^A-Za-z0-9_-]+/g, "_").slice(0, 40) || "x";
+
+  function formatBytes(n) {
+    if (n < 1024) return `${n} B`;
+    if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KB`;
+    return `${(n / 1024 / 1024).toFixed(2)} MB`;
+  }
+
+  function showResult(blob, response, request, elapsedMs) {
+    if (state.objectUrl) URL.revokeObjectURL(state.objectUrl);
+    state.objectUrl = URL.createObjectURL(blob);
+    el.player.src = state.objectUrl;
+    el.player.load();
+
+    const filename = `tts-${safeName(request.voice)}-${safeName(request.emotion)}-${stamp(new Date())}.${request.format}`;
+    el.download.href = state.objectUrl;
+    el.download.download = filename;
+    el.download.title = filename;
+
+    const playable = el.player.canPlayType(FORMAT_MIME[request.format] || blob.type) !== "";
+    el.playbackNote.hidden = playable;
+    el.playbackNote.textContent = playable ? ""
+      : `此浏览器无法播放 ${request.format.toUpperCase()}，请下载后播放。`
+        + `This browser cannot play ${request.format.toUpperCase()}; download it instead.`;
+
+    const seconds = Number(response.headers.get("X-Audio-Duration"));
+    const rate = Number(response.headers.get("X-Sample-Rate"));
+    const parts = [];
+    if (Number.isFinite(seconds) && seconds > 0) parts.push(`${seconds.toFixed(2)} s`);
+    if (rate) parts.push(`${rate / 1000} kHz`);
+    parts.push(request.format.toUpperCase(), formatBytes(blob.size), `用时 took ${(elapsedMs / 1000).toFixed(2)} s`);
+    el.meta.textContent = parts.join(" · ");
+    el.result.hidden = false;
+    setStatus(Number.isFinite(seconds) && seconds > 0
+      ? `完成：${seconds.toFixed(2)} 秒音频。Done: ${seconds.toFixed(2)} s of audio.`
+      : "完成。Done.");
+  }
+
+  async function synthesize(event) {
+    event.preventDefault();
+    if (state.busy || !state.loaded) return;
+    clearError();
+    const text = el.text.value;
+    if (!text.trim()) {
+      showError({ title: "请输入文本 · Please enter some text", detail: "文本框是空的。The text box is empty." });
+      el.text.focus();
+      return;
+    }
+    const used = charCount(text);
+    if (state.limit != null && used > state.limit) {
+      showError({
+        title: "文本太长 · The text is too long",
+        detail: `共 ${used} 个字符，上限为 ${state.limit}，请删去 ${used - state.limit} 个。`
+          + `It has ${used} characters; the limit is ${state.limit}. Remove ${used - state.limit}.`,
+      });
+      el.text.focus();
+      return;
+    }
+    const request = {
+      text,
+      voice: el.voice.value || null,
+      emotion: selected("emotion"),
+      speed: Number(el.speed.value),
+      format: selected("format") || "wav",
+    };
+    setBusy(true);
+    setStatus("正在合成… Synthesizing…");
+    const started = performance.now();
+    try {
+      let response;
+      try {
+        response = await fetch("/v1/synthesize", {
+          method: "POST",
+          headers: { "Content-Type": "application/json", Accept: "audio/*, application/json", ...authHeaders() },
+          body: JSON.stringify(request),
+        });
+      } catch (err) {
+        throw new ApiError(0, String(err), "network", null, null);
+      }
+      if (!response.ok) throw await toApiError(response);
+      const blob = await response.blob();
+      showResult(blob, response, request, performance.now() - started);
+    } catch (err) {
+      setStatus("");
+      const info = describe(err);
+      showError(info);
+      if (info.needsKey) el.apiKey.focus();
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  // ---------------------------------------------------------------- wiring
+
+  function init() {
+    try {
+      el.apiKey.value = sessionStorage.getItem(KEY_STORAGE) || "";
+    } catch (_) {
+      // Storage can be disabled (privacy settings); the key then lives only in the input.
+    }
+    el.text.addEventListener("input", updateCounter);
+    el.text.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+        event.preventDefault();
+        el.form.requestSubmit();
+      }
+    });
+    el.voice.addEventListener("change", renderEmotions);
+    el.speed.addEventListener("input", () => {
+      el.speedValue.textContent = `${Number(el.speed.value).toFixed(2)}×`;
+    });
+    el.preview.addEventListener("click", () => {
+      const voice = state.voices.get(el.voice.value);
+      if (voice) {
+        el.text.value = voice.preview_text;
+        updateCounter();
+        el.text.focus();
+      }
+    });
+    el.apiKey.addEventListener("change", () => {
+      try {
+        sessionStorage.setItem(KEY_STORAGE, el.apiKey.value.trim());
+      } catch (_) { /* see above */ }
+      load();
+    });
+    el.form.addEventListener("submit", synthesize);
+    updateCounter();
+    load();
+  }
+
+  init();
+})();

@@ -1,0 +1,253 @@
+"""Audio cache: hits skip the pool, identical requests coalesce, memory and disk stay within their caps."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import read_log, running_app
+from tts_server.config import Settings, load_settings
+from tts_server.inference.cache import AudioCache, CachedAudio, model_revision, normalize_text
+
+
+def jobs(engine_log: Path) -> list[str]:
+    """Texts the test engine synthesised (its own warm-up excluded)."""
+    return [text for _, text in read_log(engine_log) if text != "warm up"]
+
+
+def _entry(size: int, tag: int = 0) -> CachedAudio:
+    return CachedAudio(bytes([tag % 256]) * size, "audio/wav", 16000, size / 32000)
+
+
+def _cache_settings(tmp_path: Path, **cache: object) -> Settings:
+    return load_settings(None, engine={"name": "tests.engines:tone_engine"},
+                         model={"cache_dir": str(tmp_path / "models")}, cache={"enabled": True, **cache})
+
+
+Producer = Callable[[], Awaitable[CachedAudio]]
+
+
+def _counting(item_for: Callable[[int], CachedAudio]) -> tuple[list[int], Callable[[int], Producer]]:
+    """A list of the syntheses run, and a factory of producers that record themselves in it."""
+    calls: list[int] = []
+
+    def factory(i: int) -> Producer:
+        async def produce() -> CachedAudio:
+            calls.append(i)
+            await asyncio.sleep(0.01)
+            return item_for(i)
+
+        return produce
+
+    return calls, factory
+
+
+def test_normalize_text() -> None:
+    assert normalize_text("  你好\t\n世界  ") == "你好 世界"
+    assert normalize_text("e\u0301") == "\u00e9"  # NFC
+    assert normalize_text("你好，世界") == "你好，世界"  # punctuation is spoken differently: kept as is
+
+
+async def test_cache_hit_is_identical_and_skips_the_pool(make_settings: Callable[..., Settings],
+                                                         engine_log: Path) -> None:
+    async with running_app(make_settings(pool={"workers": 1}, cache={"enabled": True})) as (_, client):
+        body = {"text": "你好 世界。", "voice": "beta", "emotion": "angry", "format": "flac"}
+        first = await client.post("/v1/synthesize", json=body)
+        second = await client.post("/v1/synthesize", json={**body, "text": "  你好   世界。 "})
+        assert (first.status_code, second.status_code) == (200, 200)
+        assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "hit")
+        assert second.content == first.content
+        assert second.headers["x-audio-duration"] == first.headers["x-audio-duration"]
+        assert len(jobs(engine_log)) == 1
+        # Anything that changes the audio is a different entry.
+        for change in ({"speed": 1.5}, {"format": "wav"}, {"emotion": "neutral"}, {"sample_rate": 8000},
+                       {"text": "你好世界。"}):
+            r = await client.post("/v1/synthesize", json={**body, **change})
+            assert r.headers["x-cache"] == "miss", change
+        assert len(jobs(engine_log)) == 6
+        # The OpenAI route shares the cache (same text, voice, emotion, speed, format and rate).
+        speech = {"model": "tts-1", "input": "你好 世界。", "voice": "beta", "emotion": "angry",
+                  "response_format": "flac"}
+        r = await client.post("/v1/audio/speech", json=speech)
+        assert (r.headers["x-cache"], r.content) == ("hit", first.content)
+        # A streaming request for a stored entry is answered from the cache too.
+        pcm = await client.post("/v1/synthesize", json={**body, "format": "pcm"})
+        streamed = await client.post("/v1/synthesize", json={**body, "format": "pcm", "stream": True})
+        assert (streamed.headers["x-cache"], streamed.content) == ("hit", pcm.content)
+        assert len(jobs(engine_log)) == 7
+        # A streamed miss is synthesised (and streamed), but not stored: its chunks were resampled one by one.
+        fresh = {**body, "text": "新的一句。", "format": "pcm", "stream": True}
+        assert (await client.post("/v1/synthesize", json=fresh)).headers["x-cache"] == "miss"
+        assert (await client.post("/v1/synthesize", json=fresh)).headers["x-cache"] == "miss"
+        assert len(jobs(engine_log)) == 9
+        metrics = (await client.get("/metrics")).text
+        assert 'tts_cache_lookups_total{result="hit"} 3.0' in metrics
+        assert 'tts_cache_lookups_total{result="miss"} 9.0' in metrics
+
+
+async def test_identical_concurrent_requests_coalesce(make_settings: Callable[..., Settings],
+                                                      engine_log: Path) -> None:
+    async with running_app(make_settings(pool={"workers": 2}, cache={"enabled": True})) as (_, client):
+        body = {"text": "[sleep=0.5] 同一句话。", "format": "wav"}
+        responses = await asyncio.gather(*(client.post("/v1/synthesize", json=body) for _ in range(6)))
+        assert [r.status_code for r in responses] == [200] * 6
+        assert sorted(r.headers["x-cache"] for r in responses) == ["hit"] * 5 + ["miss"]
+        assert len({r.content for r in responses}) == 1
+        assert jobs(engine_log) == ["[sleep=0.5] 同一句话。"]
+
+
+async def test_no_cache_no_files(make_settings: Callable[..., Settings], tmp_path: Path, engine_log: Path) -> None:
+    disk = tmp_path / "audio-cache"
+    async with running_app(make_settings(pool={"workers": 1}, cache={"enabled": False, "disk_dir": disk})) as (
+            _, client):
+        for _ in range(2):
+            r = await client.post("/v1/synthesize", json={"text": "你好"})
+            assert r.headers["x-cache"] == "miss"
+    assert not disk.exists()
+    assert len(jobs(engine_log)) == 2
+
+
+async def test_disk_cache_survives_restart(make_settings: Callable[..., Settings], tmp_path: Path,
+                                           engine_log: Path) -> None:
+    disk = tmp_path / "audio-cache"
+    settings = make_settings(pool={"workers": 1}, cache={"enabled": True, "disk_dir": disk})
+    async with running_app(settings) as (_, client):
+        first = await client.post("/v1/synthesize", json={"text": "你好", "format": "mp3"})
+    assert len(list(disk.glob("*.audio"))) == 1
+    async with running_app(settings) as (_, client):
+        again = await client.post("/v1/synthesize", json={"text": "你好", "format": "mp3"})
+    assert (again.headers["x-cache"], again.content) == ("hit", first.content)
+    assert again.headers["content-type"] == "audio/mpeg"
+    assert len(jobs(engine_log)) == 1
+
+
+async def test_disk_byte_cap_evicts_least_recently_used(tmp_path: Path) -> None:
+    disk = tmp_path / "audio-cache"
+    disk.mkdir()
+    (disk / ".tmp-interrupted").write_bytes(b"x" * 100)  # a write cut short by a crash
+    cache = AudioCache(_cache_settings(tmp_path, max_bytes=0, disk_dir=disk, disk_max_bytes=3500))
+    await cache.start()
+    assert not (disk / ".tmp-interrupted").exists()
+    calls, produce = _counting(lambda i: _entry(1000, i))
+    keys = [cache.key(text=f"text {i}", voice="alpha", emotion="neutral", speed=1.0, fmt="wav", sample_rate=16000)
+            for i in range(5)]
+    for i in range(3):
+        await cache.get_or_create(keys[i], produce(i))
+    assert (await cache.get_or_create(keys[0], produce(0)))[1]  # touch 0: now 1 is the oldest
+    await cache.get_or_create(keys[3], produce(3))
+    files = list(disk.glob("*.audio"))
+    assert len(files) == 3
+    assert sum(f.stat().st_size for f in files) <= 3500
+    assert cache.disk_bytes == sum(f.stat().st_size for f in files)
+    assert (await cache.get_or_create(keys[1], produce(1)))[1] is False  # evicted
+    assert calls == [0, 1, 2, 3, 1]
+
+    # A restart rebuilds the index from the directory and enforces a smaller cap.
+    smaller = AudioCache(_cache_settings(tmp_path, max_bytes=0, disk_dir=disk, disk_max_bytes=2500))
+    await smaller.start()
+    assert sum(f.stat().st_size for f in disk.glob("*.audio")) <= 2500
+    item, hit = await smaller.get_or_create(keys[1], produce(9))
+    assert hit
+    assert item == _entry(1000, 1)
+    # An entry larger than the whole cap is served but never stored.
+    huge_key = cache.key(text="huge", voice="alpha", emotion="neutral", speed=1.0, fmt="wav", sample_rate=16000)
+    _, huge = _counting(lambda i: _entry(10_000, i))
+    await smaller.get_or_create(huge_key, huge(0))
+    assert sum(f.stat().st_size for f in disk.glob("*.audio")) <= 2500
+
+
+async def test_memory_byte_cap(tmp_path: Path) -> None:
+    cache = AudioCache(_cache_settings(tmp_path, max_bytes=2500))
+    calls, produce = _counting(lambda i: _entry(1000, i))
+    keys = [cache.key(text=str(i), voice="v", emotion="e", speed=1.0, fmt="pcm", sample_rate=16000)
+            for i in range(3)]
+    for i in range(3):
+        await cache.get_or_create(keys[i], produce(i))
+    assert cache.memory_bytes == 2000
+    assert (await cache.get_or_create(keys[2], produce(2)))[1]
+    assert not (await cache.get_or_create(keys[0], produce(0)))[1]
+    assert calls == [0, 1, 2, 0]
+
+
+async def test_coalesced_waiters_and_cancellation(tmp_path: Path) -> None:
+    cache = AudioCache(_cache_settings(tmp_path))
+    key = cache.key(text="x", voice="v", emotion="e", speed=1.0, fmt="pcm", sample_rate=16000)
+    started = asyncio.Event()
+    release = asyncio.Event()
+    cancelled = asyncio.Event()
+    runs = 0
+
+    async def produce() -> CachedAudio:
+        nonlocal runs
+        runs += 1
+        started.set()
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return _entry(10)
+
+    first = asyncio.create_task(cache.get_or_create(key, produce))
+    await started.wait()
+    second = asyncio.create_task(cache.get_or_create(key, produce))
+    await asyncio.sleep(0)
+    # The first client leaves: the synthesis goes on for the second.
+    first.cancel()
+    await asyncio.sleep(0.01)
+    assert not cancelled.is_set()
+    release.set()
+    item, hit = await second
+    assert (item, hit, runs) == (_entry(10), True, 1)
+
+    # When every waiter leaves, the synthesis is stopped and nothing is stored.
+    other = cache.key(text="y", voice="v", emotion="e", speed=1.0, fmt="pcm", sample_rate=16000)
+    release.clear()
+    started.clear()
+    lone = asyncio.create_task(cache.get_or_create(other, produce))
+    await started.wait()
+    lone.cancel()
+    await asyncio.wait_for(cancelled.wait(), 1)
+    assert await cache.lookup(other) is None
+
+    # A failure reaches every waiter and is not cached.
+    async def fail() -> CachedAudio:
+        await asyncio.sleep(0.01)
+        raise RuntimeError("synthesis failed")
+
+    third = cache.key(text="z", voice="v", emotion="e", speed=1.0, fmt="pcm", sample_rate=16000)
+    results = await asyncio.gather(cache.get_or_create(third, fail), cache.get_or_create(third, fail),
+                                   return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)
+    assert await cache.lookup(third) is None
+
+
+def test_revision_follows_model_files(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    weights = model / "weights.pth"
+    weights.write_bytes(b"a" * 10)
+    settings = load_settings(None, model={"model_dir": model, "cache_dir": tmp_path / "c"})
+    before = model_revision(settings)
+    assert model_revision(settings) == before
+    weights.write_bytes(b"b" * 11)
+    os.utime(weights, ns=(1, 1))
+    assert model_revision(settings) != before
+    assert model_revision(load_settings(None, model={"model_dir": model, "cache_dir": tmp_path / "c"},
+                                        cache={"revision": "2"})) != model_revision(settings)
+
+
+@pytest.mark.parametrize("speed", [1.0, 1.0000001])
+def test_key_digest_distinguishes_every_field(tmp_path: Path, speed: float) -> None:
+    cache = AudioCache(_cache_settings(tmp_path))
+    base = dict(text="a", voice="v", emotion="e", speed=1.0, fmt="wav", sample_rate=16000)
+    digests = {cache.key(**base).digest()}  # type: ignore[arg-type]
+    for field, value in (("text", "b"), ("voice", "w"), ("emotion", "f"), ("fmt", "pcm"), ("sample_rate", 8000)):
+        digests.add(cache.key(**{**base, field: value}).digest())  # type: ignore[arg-type]
+    assert len(digests) == 6
+    same = cache.key(**{**base, "speed": speed}).digest() == cache.key(**base).digest()  # type: ignore[arg-type]
+    assert same is (speed == 1.0)
