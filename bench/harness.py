@@ -120,6 +120,21 @@ class Process:
                 time.sleep(0.2)
         raise RuntimeError(f"server not ready after {timeout_s}s: {self.tail()}")
 
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the server and its workers (live ones; replaced workers are not counted)."""
+        import psutil
+
+        total = 0.0
+        try:
+            root = psutil.Process(self.proc.pid)
+            for proc in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    t = proc.cpu_times()
+                    total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+        return total
+
     def tail(self, lines: int = 15) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 

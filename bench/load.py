@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,6 +36,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from bench.harness import (  # noqa: E402
     PARITY_MODEL,
     EngineChoice,
+    Process,
     closed_loop,
     machine,
     naive_server,
@@ -81,34 +84,21 @@ def line(prefix: str, s: dict[str, Any]) -> str:
             f"audio-s/s, p50/p95/p99 {p50}/{p95}/{p99} ms, RTF {s['rtf_p50']}, errors {s['errors']}{rej}{ttfa}")
 
 
-async def sweep(url: str, levels: list[int], duration: float, engine: EngineChoice, label: str,
-                stream: bool = False) -> list[dict[str, Any]]:
-    rows = []
-    for c in levels:
-        samples, wall = await closed_loop(url, c, duration, engine, stream=stream)
-        row = {"concurrency": c, **summarize(samples, wall)}
-        log(line(f"{label} c={c}{' stream' if stream else ''}", row))
-        rows.append(row)
-    return rows
+def level(server: Process, coro_factory: Any, key: str, value: float) -> dict[str, Any]:
+    """Run one load level against ``server``; adds the CPU cores the server used and the machine's load."""
+    cpu0 = server.cpu_seconds()
+    samples, wall = asyncio.run(coro_factory())
+    row = {key: value, **summarize(samples, wall)}
+    row["server_cpu_cores"] = round((server.cpu_seconds() - cpu0) / wall, 2) if wall else None
+    row["loadavg_1m"] = round(os.getloadavg()[0], 2)
+    return row
 
 
-async def open_sweep(url: str, rates: list[float], duration: float, engine: EngineChoice,
-                     label: str) -> list[dict[str, Any]]:
-    rows = []
-    for rate in rates:
-        samples, wall = await open_loop(url, rate, duration, engine)
-        row = {"offered_rps": round(rate, 3), **summarize(samples, wall)}
-        row["drain_wall_s"] = round(wall, 2)
-        log(line(f"{label} open {rate:.2f} req/s", row))
-        rows.append(row)
-    return rows
-
-
-def warm(url: str, workers: int, engine: EngineChoice) -> None:
+def warm(server: Process, workers: int, engine: EngineChoice) -> None:
     """Untimed requests so that every worker has run the text frontend once (lazy dictionaries, allocator)."""
     for _ in range(2):
-        asyncio.run(closed_loop(url, workers, 0.0, engine))
-        asyncio.run(closed_loop(url, workers, 0.0, engine, stream=True))
+        asyncio.run(closed_loop(server.url, workers, 0.0, engine))
+        asyncio.run(closed_loop(server.url, workers, 0.0, engine, stream=True))
 
 
 def peak(rows: list[dict[str, Any]], key: str = "throughput_rps") -> float:
@@ -123,76 +113,109 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     engine, why_not = pick_engine(args.engine, args.tone_sleep)
     result["engine"] = {"label": engine.label, "description": engine.describe(), "sambert_unavailable": why_not}
     log(f"engine: {engine.describe()}" + (f" ({why_not})" if why_not else ""))
+    top = max(args.workers)
 
-    pools: dict[str, Any] = {}
-    for workers in args.workers:
-        with tts_server(engine, workers, queue_size=args.queue_size) as server:
-            entry: dict[str, Any] = {"queue_size": args.queue_size}
-            warm(server.url, workers, engine)
-            entry["closed"] = asyncio.run(sweep(server.url, args.levels, args.duration, engine, f"{workers}w"))
-            if workers == max(args.workers):
-                entry["stream"] = asyncio.run(sweep(server.url, args.stream_levels, args.duration, engine,
-                                                    f"{workers}w", stream=True))
-                capacity = peak(entry["closed"])
-                entry["capacity_rps"] = capacity
-                rates = [capacity * x for x in args.rates]
-                entry["open"] = asyncio.run(open_sweep(server.url, rates, args.open_duration, engine,
-                                                       f"{workers}w"))
-            pools[str(workers)] = entry
-    result["pool"] = pools
+    # Every server is up for the whole run and the levels interleave (1 worker, 2 workers, naive at the same
+    # concurrency, one after the other), so slow drifts in the background load of a shared machine hit all
+    # of them alike. An idle server costs memory, not CPU.
+    with contextlib.ExitStack() as stack:
+        servers: dict[str, Process] = {}
+        for workers in args.workers:
+            servers[str(workers)] = stack.enter_context(tts_server(engine, workers, queue_size=args.queue_size))
+            warm(servers[str(workers)], workers, engine)
+        if not args.skip_naive:
+            servers["naive"] = stack.enter_context(naive_server(engine, threads=args.naive_threads))
+            warm(servers["naive"], 1, engine)
+        log("servers ready: " + ", ".join(servers))
+
+        closed: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+        for c in args.levels:
+            for name, server in servers.items():
+                if name == "naive" and c not in args.naive_levels:
+                    continue
+                row = level(server, lambda s=server, c=c: closed_loop(s.url, c, args.duration, engine),
+                            "concurrency", c)
+                log(line(f"{name if name == 'naive' else name + 'w'} c={c}", row))
+                closed[name].append(row)
+
+        pools: dict[str, Any] = {}
+        for workers in args.workers:
+            pools[str(workers)] = {"queue_size": args.queue_size, "closed": closed[str(workers)]}
+        entry = pools[str(top)]
+        server = servers[str(top)]
+        entry["stream"] = []
+        for c in args.stream_levels:
+            row = level(server, lambda c=c: closed_loop(server.url, c, args.duration, engine, stream=True),
+                        "concurrency", c)
+            log(line(f"{top}w c={c} stream", row))
+            entry["stream"].append(row)
+        capacity = peak(entry["closed"])
+        entry["capacity_rps"] = capacity
+        entry["open"] = []
+        for x in args.rates:
+            row = level(server, lambda x=x: open_loop(server.url, capacity * x, args.open_duration, engine),
+                        "offered_rps", round(capacity * x, 3))
+            row["offered_x_capacity"] = x
+            log(line(f"{top}w open {capacity * x:.2f} req/s ({x}x)", row))
+            entry["open"].append(row)
+        result["pool"] = pools
+        if not args.skip_naive:
+            naive = servers["naive"]
+            rate = capacity * args.naive_overload
+            row = level(naive, lambda: open_loop(naive.url, rate, args.open_duration, engine), "offered_rps",
+                        round(rate, 3))
+            row["offered_x_capacity"] = args.naive_overload
+            log(line(f"naive open {rate:.2f} req/s ({args.naive_overload}x)", row))
+            result["naive"] = {"threads": args.naive_threads, "closed": closed["naive"], "open": [row]}
 
     summary: dict[str, Any] = {}
     if len(args.workers) > 1 and 1 in args.workers:
-        top = str(max(args.workers))
         summary["scaling"] = {
-            "workers": int(top),
-            "peak_throughput_ratio": round(peak(pools[top]["closed"]) / peak(pools["1"]["closed"]), 3),
-            "peak_audio_s_per_s_ratio": round(peak(pools[top]["closed"], "audio_s_per_s")
+            "workers": top,
+            "peak_throughput_ratio": round(peak(pools[str(top)]["closed"]) / peak(pools["1"]["closed"]), 3),
+            "peak_audio_s_per_s_ratio": round(peak(pools[str(top)]["closed"], "audio_s_per_s")
                                               / peak(pools["1"]["closed"], "audio_s_per_s"), 3),
+            "by_concurrency": [
+                {"concurrency": a["concurrency"],
+                 "throughput_ratio": round(b["throughput_rps"] / a["throughput_rps"], 3),
+                 "cores_1w": a["server_cpu_cores"], f"cores_{top}w": b["server_cpu_cores"]}
+                for a, b in zip(pools["1"]["closed"], pools[str(top)]["closed"], strict=True)],
         }
         log(f"scaling {top} workers vs 1: x{summary['scaling']['peak_throughput_ratio']} peak throughput")
 
-    if not args.skip_naive:
-        top = str(max(args.workers))
-        with naive_server(engine, threads=args.naive_threads) as naive:
-            warm(naive.url, 1, engine)
-            naive_rows = asyncio.run(sweep(naive.url, args.naive_levels, args.duration, engine, "naive"))
-            overload_rate = pools[top]["capacity_rps"] * args.naive_overload
-            naive_open = asyncio.run(open_sweep(naive.url, [overload_rate], args.open_duration, engine, "naive"))
-        result["naive"] = {"threads": args.naive_threads, "closed": naive_rows, "open": naive_open}
-        pool_by_c = {r["concurrency"]: r for r in pools[top]["closed"]}
+    if "naive" in result:
+        pool_by_c = {r["concurrency"]: r for r in pools[str(top)]["closed"]}
         comparison = []
-        for r in naive_rows:
-            p = pool_by_c.get(r["concurrency"])
-            if p is None:
-                continue
+        for r in result["naive"]["closed"]:
+            p = pool_by_c[r["concurrency"]]
             comparison.append({
                 "concurrency": r["concurrency"],
                 "throughput_ratio_pool_vs_naive": round(p["throughput_rps"] / r["throughput_rps"], 3)
                 if r["throughput_rps"] else None,
                 "p95_pool_ms": p["latency_ms"]["p95"], "p95_naive_ms": r["latency_ms"]["p95"],
+                "cores_pool": p["server_cpu_cores"], "cores_naive": r["server_cpu_cores"],
             })
-        summary["naive_vs_pool"] = {"pool_workers": int(top), "by_concurrency": comparison}
-        pool_open = min(pools[top]["open"], key=lambda row: abs(row["offered_rps"] - overload_rate))
+        summary["naive_vs_pool"] = {"pool_workers": top, "by_concurrency": comparison}
+        naive_open = result["naive"]["open"][0]
+        pool_open = min(pools[str(top)]["open"], key=lambda row: abs(row["offered_x_capacity"] - args.naive_overload))
         summary["naive_vs_pool"]["overload"] = {
-            "offered_rps": round(overload_rate, 3),
-            "pool": {"ok": pool_open["ok"], "rejected": pool_open["rejected_503"],
-                     "p95_ms": pool_open["latency_ms"]["p95"], "offered_rps": pool_open["offered_rps"]},
-            "naive": {"ok": naive_open[0]["ok"], "errors": naive_open[0]["errors"],
-                      "p95_ms": naive_open[0]["latency_ms"]["p95"],
-                      "drain_wall_s": naive_open[0]["drain_wall_s"]},
+            "offered_x_capacity": args.naive_overload,
+            "pool": {k: pool_open[k] for k in ("offered_rps", "ok", "rejected_503", "latency_ms", "wall_s")
+                     if k in pool_open},
+            "naive": {k: naive_open[k] for k in ("offered_rps", "ok", "errors", "latency_ms", "wall_s")
+                      if k in naive_open},
         }
 
     if not args.skip_overhead:
         from bench.overhead import run as overhead_run
 
-        summary["overhead"] = overhead_run(engine.label if engine.label == "sambert" else "tone", args.repeats)
+        summary["overhead"] = overhead_run("auto" if engine.label == "sambert" else "tone", args.repeats)
         for r in summary["overhead"]:
             log(f"overhead {r['engine']}: direct p50 {r['direct_p50_ms']} ms, HTTP+pool p50 {r['http_pool_p50_ms']} "
                 f"ms, ratio {r['ratio_p50']}, paired overhead p50 {r['paired_overhead_p50_ms']} ms")
     result["summary"] = summary
     result["finished_utc"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    result["machine"]["loadavg_at_end"] = [round(x, 2) for x in __import__("os").getloadavg()]
+    result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return result
 
 
@@ -256,7 +279,8 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     if "naive" in result:
         names.append("naive")
         values.append(peak(result["naive"]["closed"], "audio_s_per_s"))
-    bars = ax.bar(names, values, color=["tab:blue"] * (len(names) - ("naive" in result)) + ["gray"] * ("naive" in result))
+    colors = ["gray" if name == "naive" else "tab:blue" for name in names]
+    bars = ax.bar(names, values, color=colors)
     for bar, v in zip(bars, values, strict=True):
         ax.text(bar.get_x() + bar.get_width() / 2, v, f"{v:.2f}", ha="center", va="bottom")
     ax.set_ylabel("peak audio seconds per second")

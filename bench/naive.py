@@ -31,7 +31,7 @@ def build_handler(engine: Any, lock: threading.Lock) -> type[BaseHTTPRequestHand
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, like the real server
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
         def _reply(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
@@ -43,14 +43,14 @@ def build_handler(engine: Any, lock: threading.Lock) -> type[BaseHTTPRequestHand
             self.end_headers()
             self.wfile.write(body)
 
-        def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        def do_GET(self) -> None:
             if self.path == "/health":
                 body = json.dumps({"status": "ok", "workers": {"ready": 1}}).encode()
                 self._reply(200, body, "application/json")
             else:
                 self._reply(404, b"{}", "application/json")
 
-        def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+        def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", 0))
             try:
                 req = json.loads(self.rfile.read(length))
@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     engine = load_engine(load_settings(None, engine={"name": args.engine}, model=model))
     engine.warm_up()
     print(f"naive server: engine {args.engine} loaded in {time.perf_counter() - t0:.1f}s", flush=True)
+    # A backlog like gunicorn's (2048): the stdlib default of 5 would reset connections under a burst, which
+    # would be a flaw of this harness rather than of the design being compared.
+    ThreadingHTTPServer.request_queue_size = 2048
     server = ThreadingHTTPServer(("127.0.0.1", args.port), build_handler(engine, threading.Lock()))
     server.daemon_threads = True
     import signal

@@ -66,7 +66,8 @@ async def measure(engine: EngineChoice, repeats: int) -> dict[str, Any]:
                 http_s.append(sample.latency)
     d50 = percentile(direct_s, 50)
     h50 = percentile(http_s, 50)
-    assert d50 is not None and h50 is not None
+    assert d50 is not None
+    assert h50 is not None
     # Paired differences: each HTTP call against the direct call of the same text right before it.
     diffs = [h - d for h, d in zip(http_s, direct_s, strict=True)]
     diff50 = percentile(diffs, 50)

@@ -262,8 +262,10 @@ def test_histograms_observed(traffic: TrafficRun) -> None:
     for route in ROUTES:
         for fmt in FORMATS:
             for stream in ("false", "true"):
-                want = 1 if (route, fmt, stream) in {("/v1/synthesize", "wav", "false"),
-                                                     ("/v1/synthesize", "pcm", "true")} else 0
+                # Failed requests are latency too: the wav route saw 200, the engine's 422, the 500 and the
+                # unknown-emotion 422 (the schema 422 and the 413 never reach the route).
+                want = {("/v1/synthesize", "wav", "false"): 4,
+                        ("/v1/synthesize", "pcm", "true"): 1}.get((route, fmt, stream), 0)
                 labels = {"route": route, "format": fmt, "stream": stream}
                 assert s.value("tts_request_duration_seconds_count", **labels) == want, labels
                 assert s.value("tts_request_duration_seconds_bucket", le="+Inf", **labels) == want
@@ -580,8 +582,11 @@ async def test_queue_depth_rises_under_load_and_returns_to_zero(tmp_path: Path) 
         assert s.value("tts_queue_wait_seconds_count") == 4
         assert s.value("tts_queue_wait_seconds_bucket", le="0.25") == 1
         assert s.value("tts_queue_wait_seconds_sum") > 2.0
+        # Four admitted requests all waited or ran for 0.5 s; only the fast 503 lands under 0.25 s.
+        assert s.value("tts_request_duration_seconds_count", route="/v1/synthesize", format="wav",
+                       stream="false") == 5
         assert s.value("tts_request_duration_seconds_bucket", route="/v1/synthesize", format="wav",
-                       stream="false", le="0.25") == 0
+                       stream="false", le="0.25") == 1
         assert pool.stats().queue_depth == 0
 
 

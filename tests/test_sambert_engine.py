@@ -266,3 +266,16 @@ def test_very_fast_speech_does_not_crash(engine: SambertEngine) -> None:
     result = engine.synthesize(SYMBOLS, "zhiyan_emo", "neutral", 1000.0)
     assert result.audio.dtype == np.float32
     assert result.audio.size % HOP == 0
+
+
+def test_input_longer_than_position_table(engine: SambertEngine) -> None:
+    """The tiny model's max_len is 64 tokens; longer sentences extend the sinusoid table instead of failing."""
+    voice = engine._voices["zhiyan_emo"]
+    max_len = voice.am_config.max_len
+    body = " ".join(SYMBOLS.split()[:-1])
+    tokens = []
+    while len(tokens) < max_len + 10:
+        tokens.extend(body.split())
+    tokens.append(SYMBOLS.split()[-1])
+    result = engine.synthesize(" ".join(tokens), "zhiyan_emo", "neutral", 1.0)
+    assert result.audio.size > 0

@@ -147,3 +147,15 @@ def test_cli_synth_writes_16k_mono_wav(
     assert info.channels == 1
     audio, _ = sf.read(str(out), dtype="int16")
     np.testing.assert_allclose(audio, cases["hao_angry_one_syllable/pcm_int16"], atol=1, rtol=0)
+
+
+def test_position_tables_match_checkpoint(voice: SambertVoice) -> None:
+    """The tables recomputed for inputs longer than max_len follow the same formula as the stored ones."""
+    from tts_server.inference.sambert.acoustic import DurSinusoidalPositions, SinusoidalPositions
+
+    enc = voice.am.text_encoder.ling_enc.position_enc
+    stored = enc.get_buffer("position_enc")[0]
+    torch.testing.assert_close(SinusoidalPositions.table(stored.shape[0], stored.shape[1]), stored, rtol=0, atol=0)
+    dur = voice.am.variance_adaptor.dur_position_encoder.get_buffer("inv_timescales")
+    fresh = DurSinusoidalPositions(dur.shape[0]).get_buffer("inv_timescales")
+    torch.testing.assert_close(fresh, dur, rtol=0, atol=0)

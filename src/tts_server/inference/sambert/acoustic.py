@@ -607,10 +607,11 @@ class _DecoderPlan:
     """PNCA autoregressive decoder, one step of ``r`` frames at a time.
 
     Step ``t`` attends to its own past ``[t - band, t]`` and to the memory ``[t, t + band]`` (both bands have the
-    same width, as in the reference). Per layer, keys and values of both live in one buffer ``[2, 2H, S + band, d]``:
-    heads ``0..H-1`` hold the step's own keys shifted right by ``band`` rows, heads ``H..2H-1`` the memory keys
-    (projected once per utterance). The window of step ``t`` is then the single slice ``[t, t + band]`` for all
-    ``2H`` heads, with a precomputed additive mask for the rows that fall before the start or after the end.
+    same width, as in the reference). Per layer, keys of both live in one buffer (values in another) with ``2H``
+    heads and ``S + band`` rows: heads ``0..H-1`` hold the decoder's own keys shifted right by ``band`` rows, heads
+    ``H..2H-1`` the memory keys (projected once per utterance). The window of step ``t`` is then the single
+    slice ``[t, t + band]`` for all ``2H`` heads, with a precomputed additive mask for the rows that fall before
+    the start or after the end.
     """
 
     def __init__(self, dec: HybridAttentionDecoder, num_mels: int) -> None:
@@ -646,10 +647,13 @@ class _DecoderPlan:
         buffers = []
         for layer in self.layers:
             n_head, d_head = layer.n_head, layer.d_head
-            kv = memory.new_zeros(2, 2 * n_head, steps + band, d_head)
-            hkv = F.linear(memory, *layer.w_h_kv).reshape(steps, 2, n_head, d_head).permute(1, 2, 0, 3)
-            kv[:, n_head:, :steps] = hkv
-            buffers.append(kv)
+            # Keys are kept transposed ([2H, d, rows]) so that a window is directly the bmm operand.
+            keys = memory.new_zeros(2 * n_head, d_head, steps + band)
+            values = memory.new_zeros(2 * n_head, steps + band, d_head)
+            hkv = F.linear(memory, *layer.w_h_kv).reshape(steps, 2, n_head, d_head)
+            keys[n_head:, :, :steps] = hkv[:, 0].permute(1, 2, 0)
+            values[n_head:, :steps] = hkv[:, 1].transpose(0, 1)
+            buffers.append((keys, values, keys[:n_head].transpose(1, 2), values[:n_head]))
         n_head = self.layers[0].n_head if self.layers else 1
         offs = torch.arange(width)
         pos = torch.arange(steps)[:, None]
@@ -670,15 +674,15 @@ class _DecoderPlan:
             for w, b in self.prenet[1:]:
                 h = torch.relu(torch.addmv(b, w, h))
             x = torch.addmv(mem_in[t], self.w_pre, h)
-            for layer, kv in zip(self.layers, buffers, strict=True):
+            for layer, (keys, values, own_k, own_v) in zip(self.layers, buffers, strict=True):
                 n_head, d_head = layer.n_head, layer.d_head
                 qqkv = torch.addmv(layer.b_qqkv, layer.w_qqkv, torch.layer_norm(x, shape, *layer.ln, eps))
                 qqkv = qqkv.view(4, n_head, d_head)
-                kv[:, :n_head, t + band] = qqkv[2:]
-                window = kv[:, :, t : t + width]
-                q = qqkv[:2].reshape(2 * n_head, 1, d_head)
-                scores = torch.baddbmm(mask[t], q, window[0].transpose(1, 2), alpha=layer.alpha)
-                att = torch.bmm(torch.softmax(scores, dim=-1), window[1])
+                own_k.select(1, t + band).copy_(qqkv[2])
+                own_v.select(1, t + band).copy_(qqkv[3])
+                q = qqkv[:2].view(2 * n_head, 1, d_head)
+                scores = torch.baddbmm(mask[t], q, keys.narrow(2, t, width), alpha=layer.alpha)
+                att = torch.bmm(torch.softmax(scores, dim=-1), values.narrow(1, t, width))
                 x = torch.addmv(layer.b_fc, layer.w_fc, att.view(-1)) + x
                 ff = torch.relu(torch.addmv(layer.b_1, layer.w_1, torch.layer_norm(x, shape, *layer.ffn_ln, eps)))
                 x = torch.addmv(layer.b_2, layer.w_2, ff) + x

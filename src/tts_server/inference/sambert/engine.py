@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_SAMPLE_RATE = 16000
-_WARM_UP_SYLLABLES = ("n_c", "i_c", "h_c", "ao_c")
+_WARM_UP_PHONES = ("n_c", "i_c", "h_c", "ao_c")
 
 
 class _Utterance(Protocol):
@@ -168,18 +168,18 @@ class SambertEngine:
         return {name: v.info for name, v in self._voices.items()}
 
     def warm_up(self) -> None:
+        """Synthesise one short syllable sequence per voice (first-call allocations, oneDNN kernel selection)."""
         for voice in self._voices.values():
+            unit = voice.unit
             speaker = voice.default_speaker
-            emo = "emotion_" + voice.info.default_emotion
-            phones = [p for p in _WARM_UP_SYLLABLES if p in voice.unit.phone_inventory]
+            emotion = "emotion_" + voice.info.default_emotion
+            phones = [p for p in _WARM_UP_PHONES if p in unit.phone_inventory]
             if not phones:
-                phones = [next(p for p in voice.unit.phones if not p.startswith("#"))]
-            tokens = [f"{{{p}$tone3$s_none$word_none${emo}${speaker}}}" for p in phones]
-            tone = next((t for t in voice.unit.tones if t != "tone_none"), voice.unit.tones[0])
-            tokens = [t.replace("tone3", tone) for t in tokens]
-            tokens.append(f"{{#4$tone_none$s_none$word_none$emotion_none${speaker}}}")
-            if "tone_none" not in voice.unit.tones:
-                tokens.pop()
+                phones = [p for p in unit.phones if not p.startswith("#")][:4]
+            tone = next((t for t in unit.tones if t != "tone_none"), unit.tones[0])
+            tokens = [f"{{{p}${tone}$s_none$word_none${emotion}${speaker}}}" for p in phones]
+            if "tone_none" in unit.tones:
+                tokens.append(f"{{#4$tone_none$s_none$word_none$emotion_none${speaker}}}")
             self.synthesize(" ".join(tokens), voice.name, voice.info.default_emotion, 1.0)
 
     def synthesize(self, text: str, voice: str, emotion: str, speed: float) -> Synthesis:
@@ -201,7 +201,6 @@ class SambertEngine:
         torch.set_num_threads(self._threads)
         t0 = time.perf_counter()
         sentences = self._sentences(v, text, emotion)
-        frontend_s = time.perf_counter() - t0
         # Encode everything first so that a bad symbol in a later sentence fails before any audio is sent.
         encoded = [v.unit.encode_tokens(s.tokens) for s in sentences]
         frontend_s = time.perf_counter() - t0
