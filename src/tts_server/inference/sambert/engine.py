@@ -13,13 +13,14 @@ import time
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
 from tts_server.inference.engine import EngineError, EngineLoadError, Synthesis, VoiceInfo
+from tts_server.inference.frontend import Frontend
 from tts_server.inference.sambert.acoustic import AcousticOutput, SambertConfig, SambertModel
 from tts_server.inference.sambert.linguistic import EncodedSymbols, LinguisticUnit, Token
 from tts_server.inference.sambert.loader import (
@@ -41,15 +42,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SAMPLE_RATE = 16000
 _WARM_UP_PHONES = ("n_c", "i_c", "h_c", "ao_c")
-
-
-class _Utterance(Protocol):
-    @property
-    def symbols(self) -> str: ...
-    @property
-    def speed(self) -> float: ...
-    @property
-    def pause_after_s(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -159,7 +151,7 @@ class SambertEngine:
             raise EngineLoadError("no voices loaded")
         self._voices = {v.name: v for v in voices}
         self._threads = threads
-        self._frontends: dict[str, Any] = {}
+        self._frontends: dict[str, Frontend] = {}
         torch.set_num_threads(threads)
 
     # -- Engine protocol ---------------------------------------------------------------------------------------
@@ -181,6 +173,8 @@ class SambertEngine:
             if "tone_none" in unit.tones:
                 tokens.append(f"{{#4$tone_none$s_none$word_none$emotion_none${speaker}}}")
             self.synthesize(" ".join(tokens), voice.name, voice.info.default_emotion, 1.0)
+            # jieba's dictionary and pypinyin's tables load here, not on the first request.
+            self._frontend(voice)
 
     def synthesize(self, text: str, voice: str, emotion: str, speed: float) -> Synthesis:
         parts: list[npt.NDArray[np.float32]] = []
@@ -253,7 +247,7 @@ class SambertEngine:
                 sentences.append(_Sentence(tokens, 1.0, 0.0))
             return sentences
         frontend = self._frontend(voice)
-        utterances: list[_Utterance] = frontend.process(
+        utterances = frontend.process(
             text,
             speaker=voice.default_speaker,
             emotion=emotion,
@@ -268,22 +262,11 @@ class SambertEngine:
             raise EngineError("the text contains nothing to synthesize", param="text")
         return sentences
 
-    def _frontend(self, voice: SambertVoice) -> Any:
+    def _frontend(self, voice: SambertVoice) -> Frontend:
         frontend = self._frontends.get(voice.name)
-        if frontend is not None:
-            return frontend
-        try:
-            from tts_server.inference.frontend import Frontend
-        except ImportError as exc:
-            logger.warning("the Chinese frontend is not available: %s", exc)
-            raise EngineError(
-                "plain text needs the frontend, which is not available in this build; send KAN-TTS symbol "
-                "strings ({phone$tone$syllable_flag$word_segment$emotion$speaker} tokens) instead",
-                param="text",
-                client_error=False,
-            ) from exc
-        frontend = Frontend(phone_inventory=voice.unit.phone_inventory)
-        self._frontends[voice.name] = frontend
+        if frontend is None:
+            frontend = Frontend(phone_inventory=voice.unit.phone_inventory)
+            self._frontends[voice.name] = frontend
         return frontend
 
 
