@@ -40,6 +40,7 @@ from tts_server.api.routes import (
     _state,
     finish_stream,
     open_stream,
+    raw_stream_response,
     synthesize_encoded,
 )
 from tts_server.api.schemas import SPEED_MAX, SPEED_MIN
@@ -189,7 +190,7 @@ async def speech(body: SpeechRequest, request: Request, principal: Annotated[str
             headers["X-Cache"] = "miss"
             if body.stream_format == "sse":
                 return await _sse_stream(state, job, headers, started)
-            return await _raw_stream(state, job, headers, started)
+            return await raw_stream_response(state, job, headers, started)
         if item is None:
             item, hit = await synthesize_encoded(request, state, job)
     except (PoolError, ApiError) as exc:
@@ -262,30 +263,6 @@ def _resolve(body: SpeechRequest, state: AppState, request_id: str,
     job = JobSpec(text=body.input, voice=voice, emotion=emotion, speed=speed, fmt=fmt, rate=rate,
                   request_id=request_id, route="/v1/audio/speech")
     return job, headers
-
-
-async def _raw_stream(state: AppState, job: JobSpec, headers: dict[str, str], started: float) -> Response:
-    handle, pcm = await open_stream(state, job, started)
-
-    async def body_iter() -> AsyncIterator[bytes]:
-        try:
-            if job.fmt == "wav":
-                yield wav_stream_header(job.rate)
-            async for piece in pcm:
-                yield piece
-            outcome = await handle.result()
-        except PoolError as exc:
-            # Raw audio has no in-band error channel: cutting the connection is the signal.
-            _count_failure(state, exc, job.voice, job.emotion)
-            log.warning("request %s: stream failed after first byte: %s", job.request_id,
-                        api_error_from_pool(exc).message)
-            raise
-        finally:
-            if not handle.done:
-                state.pool.cancel(handle)
-        finish_stream(state, job, outcome, started)
-
-    return StreamingResponse(body_iter(), media_type=FORMATS[job.fmt].media_type, headers=headers)
 
 
 def _event(payload: dict[str, Any]) -> bytes:

@@ -155,7 +155,8 @@ async def synthesize(body: SynthesizeRequest, request: Request,
             cache = state.cache
             cached = await cache.lookup(job.cache_key(cache), count=True) if cache is not None else None
             if cached is None:
-                return await _stream(request, body, job, state, started)
+                return await raw_stream_response(state, job, {"X-Sample-Rate": str(job.rate), "X-Cache": "miss"},
+                                                 started)
             item, hit = cached, True
         else:
             item, hit = await synthesize_encoded(request, state, job)
@@ -292,8 +293,9 @@ def finish_stream(state: AppState, job: JobSpec, outcome: SynthesisOutcome, star
     state.metrics.request_duration.labels(job.route, job.fmt, "true").observe(time.monotonic() - started)
 
 
-async def _stream(request: Request, body: SynthesizeRequest, job: JobSpec, state: AppState,
-                  started: float) -> Response:
+async def raw_stream_response(state: AppState, job: JobSpec, headers: dict[str, str],
+                              started: float) -> StreamingResponse:
+    """Chunked wav/pcm, one chunk per sentence; errors before the first sentence still get their status code."""
     handle, pcm = await open_stream(state, job, started)
 
     async def body_iter() -> AsyncIterator[bytes]:
@@ -304,9 +306,9 @@ async def _stream(request: Request, body: SynthesizeRequest, job: JobSpec, state
                 yield piece
             outcome = await handle.result()
         except PoolError as exc:
-            # Headers are gone: the only honest signal left for raw audio is to cut the connection.
+            # Headers are gone: raw audio has no in-band error channel, so cutting the connection is the signal.
             _count_failure(state, exc, job.voice, job.emotion)
-            log.warning("request %s: stream failed after first byte: %s", handle.job.request_id,
+            log.warning("request %s: stream failed after first byte: %s", job.request_id,
                         api_error_from_pool(exc).message)
             raise
         finally:
@@ -314,9 +316,7 @@ async def _stream(request: Request, body: SynthesizeRequest, job: JobSpec, state
                 state.pool.cancel(handle)
         finish_stream(state, job, outcome, started)
 
-    spec = FORMATS[body.format]
-    return StreamingResponse(body_iter(), media_type=spec.media_type,
-                             headers={"X-Sample-Rate": str(job.rate), "X-Cache": "miss"})
+    return StreamingResponse(body_iter(), media_type=FORMATS[job.fmt].media_type, headers=headers)
 
 
 _GUARDED: dict[int | str, dict[str, Any]] = {401: _ERRORS[401], 429: _ERRORS[429]}
