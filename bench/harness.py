@@ -82,7 +82,7 @@ def free_port() -> int:
         return port
 
 
-def _toml(sections: dict[str, dict[str, Any]]) -> str:
+def toml_text(sections: dict[str, dict[str, Any]]) -> str:
     lines = []
     for name, values in sections.items():
         lines.append(f"[{name}]")
@@ -155,7 +155,7 @@ def tts_server(engine: EngineChoice, workers: int, *, queue_size: int = 16, job_
         port = free_port()
         config = Path(tmp) / "server.toml"
         model = {"cache_dir": str(Path(tmp) / "cache"), **engine.settings["model"]}
-        config.write_text(_toml({
+        config.write_text(toml_text({
             "server": {"host": HOST, "port": port, "log_level": "warning", "drain_delay_s": 0.0},
             "pool": {"workers": workers, "queue_size": queue_size, "job_timeout_s": job_timeout_s,
                      "startup_timeout_s": startup_timeout_s},

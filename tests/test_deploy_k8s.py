@@ -381,7 +381,8 @@ def test_grace_period_covers_pre_stop_and_drain(settings: Settings) -> None:
     assert command[0] == "sleep"
     pre_stop_s = float(command[1])
     # The grace period starts before preStop runs; SIGTERM (and the drain) only after it returns.
-    needed = pre_stop_s + settings.server.drain_timeout_s + settings.pool.kill_grace_s
+    needed = (pre_stop_s + settings.server.drain_delay_s + settings.server.drain_timeout_s
+              + settings.pool.kill_grace_s)
     assert pod["terminationGracePeriodSeconds"] > needed
 
 

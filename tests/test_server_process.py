@@ -14,7 +14,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import httpx
 import psutil
 import pytest
 
+from bench.harness import free_port, toml_text
 from tests.conftest import REPO, TONE_ENGINE, read_log
 
 pytestmark = pytest.mark.slow
@@ -36,22 +36,6 @@ STARTUP_TIMEOUT_S = 90.0
 
 
 # --- the server process -------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _toml(sections: dict[str, dict[str, Any]]) -> str:
-    lines = []
-    for name, values in sections.items():
-        lines.append(f"[{name}]")
-        lines.extend(f"{key} = {json.dumps(value)}" for key, value in values.items())
-        lines.append("")
-    return "\n".join(lines)
 
 
 def _server_command(config: Path, port: int) -> list[str]:
@@ -100,14 +84,14 @@ class Server:
 async def serve(tmp_path: Path, *, pool: dict[str, Any] | None = None, server: dict[str, Any] | None = None,
                 name: str = "server") -> AsyncIterator[Server]:
     """Run ``tts-server serve`` with the test engine until the block ends; wait until every worker is ready."""
-    port = _free_port()
+    port = free_port()
     pool_cfg: dict[str, Any] = {"workers": 2, "queue_size": 8, "job_timeout_s": 20.0, "startup_timeout_s": 60.0,
                                 "restart_backoff_s": 0.1, "kill_grace_s": 1.0}
     pool_cfg.update(pool or {})
     server_cfg: dict[str, Any] = {"host": HOST, "log_level": "info", "drain_timeout_s": 10.0, "drain_delay_s": 0.5}
     server_cfg.update(server or {})
     config = tmp_path / f"{name}.toml"
-    config.write_text(_toml({"server": server_cfg, "pool": pool_cfg, "engine": {"name": TONE_ENGINE},
+    config.write_text(toml_text({"server": server_cfg, "pool": pool_cfg, "engine": {"name": TONE_ENGINE},
                              "model": {"cache_dir": str(tmp_path / "cache")}}), encoding="utf-8")
     engine_log = tmp_path / f"{name}-engine.log"
     output = tmp_path / f"{name}.out"
@@ -503,7 +487,8 @@ async def closed_loop_n(client: httpx.AsyncClient, clients: int, per_client: int
 
 
 def _soak_seconds() -> float:
-    return float(os.environ.get("TTS_SOAK_SECONDS", "20"))
+    # 60 s in CI (the issue's reduced size), 20 s for a local run, anything via TTS_SOAK_SECONDS (600 = full soak).
+    return float(os.environ.get("TTS_SOAK_SECONDS", "60" if os.environ.get("CI") else "20"))
 
 
 @pytest.mark.soak
@@ -513,55 +498,67 @@ async def test_soak_steady_load(tmp_path: Path) -> None:
     service_s = 0.1
     workers = 2
     rate = 0.75 * workers / service_s  # 70-80 % of what the workers can do
-    async with serve(tmp_path, pool={"workers": workers, "queue_size": 32}) as srv, _client(srv) as client:
+    async with serve(tmp_path, pool={"workers": workers, "queue_size": 32}) as srv:
         text: Callable[[int], str] = lambda i: f"[sleep={service_s}] 浸泡测试第{i}句。"  # noqa: E731
         parent = psutil.Process(srv.pid)
 
         def rss() -> dict[int, float]:
             return {pid: psutil.Process(pid).memory_info().rss / 2**20 for pid in srv.worker_pids()}
 
-        handles: list[tuple[float, int, int]] = []  # (time, fds, threads) of the parent
+        def tcp_sockets() -> int:
+            return len(parent.net_connections(kind="tcp"))
+
+        # (time, descriptors other than TCP sockets, threads) of the parent, sampled through the soak.
+        handles: list[tuple[float, int, int]] = []
 
         async def watch(stop: asyncio.Event) -> None:
             while not stop.is_set():
-                handles.append((time.monotonic(), parent.num_fds(), parent.num_threads()))
+                with contextlib.suppress(psutil.Error):
+                    handles.append((time.monotonic(), parent.num_fds() - tcp_sockets(), parent.num_threads()))
                 await asyncio.sleep(0.5)
 
-        # Warm-up: a burst at full concurrency, then the steady rate, so that the bounded thread pools, allocator
-        # arenas and keep-alive connections reach their steady size before anything is compared.
-        stop_burst = asyncio.Event()
-        burst = asyncio.create_task(closed_loop(client, 16, text, stop_burst))
-        await asyncio.sleep(2.0)
-        stop_burst.set()
-        warm = await burst + await open_loop(client, rate, min(10.0, max(3.0, duration / 4)), text, seed=1)
-        await asyncio.sleep(0.5)
-        rss0 = rss()
-        stop_watch = asyncio.Event()
-        watcher = asyncio.create_task(watch(stop_watch))
-        t_start = time.monotonic()
-        outcomes = await open_loop(client, rate, duration, lambda i: text(10**6 + i), seed=2)
-        await asyncio.sleep(0.5)
-        stop_watch.set()
-        await watcher
-        rss1 = rss()
+        async with _client(srv) as client:
+            # Warm-up: a burst at full concurrency, then the steady rate, so that thread pools, allocator arenas
+            # and keep-alive connections reach their working size before anything is compared.
+            stop_burst = asyncio.Event()
+            burst = asyncio.create_task(closed_loop(client, 16, text, stop_burst))
+            await asyncio.sleep(2.0)
+            stop_burst.set()
+            warm = await burst + await open_loop(client, rate, min(10.0, max(3.0, duration / 4)), text, seed=1)
+            await asyncio.sleep(0.5)
+            rss0 = rss()
+            stop_watch = asyncio.Event()
+            watcher = asyncio.create_task(watch(stop_watch))
+            t_start = time.monotonic()
+            outcomes = await open_loop(client, rate, duration, lambda i: text(10**6 + i), seed=2)
+            await asyncio.sleep(0.5)
+            stop_watch.set()
+            await watcher
+            rss1 = rss()
+            restarts = await _restarts(client)
+            tcp_loaded = tcp_sockets()
+        # The client has closed its connections: the server must let go of every one of them.
+        tcp_after_s = await _wait_for(lambda: tcp_sockets() <= 1, 10.0, "the server closes client connections")
         half = t_start + duration / 2
         first = [h for h in handles if h[0] < half]
         second = [h for h in handles if h[0] >= half]
         fds0, fds1 = max(h[1] for h in first), max(h[1] for h in second)
         threads0, threads1 = max(h[2] for h in first), max(h[2] for h in second)
-        restarts = await _restarts(client)
         latencies = [o.latency for o in outcomes]
         growth = {pid: (rss1[pid] - rss0[pid]) / rss0[pid] for pid in rss0 if pid in rss1}
         _report("soak", duration_s=duration, rate=rate, requests=len(outcomes), statuses=_statuses(outcomes),
                 p50_ms=f"{_percentile(latencies, 50) * 1000:.0f}", p99_ms=f"{_percentile(latencies, 99) * 1000:.0f}",
                 rss_mb={p: f"{rss0[p]:.1f}->{rss1.get(p, 0):.1f}" for p in rss0},
-                fds_max_halves=f"{fds0}->{fds1}", threads_max_halves=f"{threads0}->{threads1}", restarts=restarts)
+                non_tcp_fds_max_halves=f"{fds0}->{fds1}", threads_max_halves=f"{threads0}->{threads1}",
+                tcp_loaded=tcp_loaded, tcp_closed_in_s=f"{tcp_after_s:.2f}", restarts=restarts)
         assert all(o.status == 200 for o in warm)
         assert _statuses(outcomes) == {200: len(outcomes)}
         assert len(outcomes) > 0.8 * rate * duration
         assert sum(restarts.values()) == 0
         assert set(rss1) == set(rss0), "a worker was replaced during the soak"
         assert max(growth.values()) < 0.05
-        # No growth: the second half of the soak never needs more descriptors or threads than the first.
+        # Pipes, files and the like: the second half never needs more than the first.
         assert fds1 <= fds0
-        assert threads1 <= threads0
+        # Threads: the pool's and asyncio's executors grow lazily to fixed caps (6 each with 2 workers on 2 cores)
+        # when bursts overlap, so one or two may appear late; a leak grows with the request count instead.
+        assert threads1 <= threads0 + 2
