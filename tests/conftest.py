@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import pytest
@@ -79,3 +81,18 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def unavailable(reason: str) -> NoReturn:
+    """A tool a test needs is missing: skip locally, but fail in CI, which must install everything."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI must install it)")
+    pytest.skip(reason)
+
+
+def require_binary(name: str, install: str) -> str:
+    """Path of a binary on PATH or next to the interpreter (where wheels put theirs), else ``unavailable``."""
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if found is None:
+        unavailable(f"{name} is not installed ({install})")
+    return found

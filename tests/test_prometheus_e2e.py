@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from tests.conftest import TONE_ENGINE
+from tests.conftest import TONE_ENGINE, require_binary
 
 REPO = Path(__file__).resolve().parents[1]
 ALERTS_YML = REPO / "deploy" / "prometheus" / "alerts.yml"
@@ -39,15 +39,7 @@ T = TypeVar("T")
 
 
 def _require(name: str) -> str:
-    import shutil
-
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} not on PATH (install with .ci/install-monitoring.sh)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    return require_binary(name, "install with .ci/install-monitoring.sh")
 
 
 def _free_port() -> int:
