@@ -29,6 +29,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import stop_process
+
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 PROMETHEUS_YML = DEPLOY / "prometheus" / "prometheus.yml"
@@ -424,12 +426,7 @@ def test_alertmanager_inhibits_alerts_of_a_down_target(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert got == expected
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)
 
 
 # ---------------------------------------------------------------------------------------------------- Grafana

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from tests.conftest import TONE_ENGINE, require_binary
+from tests.conftest import TONE_ENGINE, require_binary, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 ALERTS_YML = REPO / "deploy" / "prometheus" / "alerts.yml"
@@ -108,21 +108,11 @@ class Prom:
 
 
 def _stop(proc: subprocess.Popen[bytes], *, group: bool) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            if group:
-                os.killpg(proc.pid, signal.SIGKILL)
-            else:
-                proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-    elif group:
-        # The parent is gone; make sure no worker of its process group outlives the test.
+    if group:
+        # Kill the whole group, also when the parent is already gone: no worker may outlive the test.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+    stop_process(proc)
 
 
 @contextlib.contextmanager
