@@ -34,24 +34,21 @@ def _case_symbols(case: str) -> str:
         return str(data[f"{case}/symbols"])
 
 
-def run(model_dir: Path, symbols: str, text: str | None, threads: list[int], repeats: int, stat: str) -> None:
+def run(model_dir: Path, symbols: str, text: str | None, threads: list[int], repeats: int, stat: str,
+        precisions: list[str]) -> None:
     from tts_server.config import load_settings
     from tts_server.inference.sambert.engine import load_sambert_engine
 
-    t0 = time.perf_counter()
-    engine = load_sambert_engine(load_settings(model={"model_dir": str(model_dir), "torch_threads": threads[0]}))
-    load_s = time.perf_counter() - t0
-    print(f"model: {model_dir}  load: {load_s:.2f} s  torch {torch.__version__}")
-    measure(engine, symbols, None, threads, repeats, stat)
     if text is None:
-        try:
-            import tts_server.inference.frontend  # noqa: F401
-        except ImportError:
-            print("(frontend not available: plain-text run skipped)")
-            text = None
-        else:
-            text = DEFAULT_TEXT
-    if text is not None:
+        text = DEFAULT_TEXT
+    for precision in precisions:
+        t0 = time.perf_counter()
+        engine = load_sambert_engine(load_settings(model={
+            "model_dir": str(model_dir), "torch_threads": threads[0], "vocoder_precision": precision,
+        }))
+        load_s = time.perf_counter() - t0
+        print(f"\n=== vocoder {precision} === model: {model_dir}  load: {load_s:.2f} s  torch {torch.__version__}")
+        measure(engine, symbols, None, threads, repeats, stat)
         measure(engine, symbols, text, threads, repeats, stat)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS: {rss_mb:.0f} MiB")
@@ -121,11 +118,14 @@ def main(argv: list[str] | None = None) -> int:
         default="median",
         help="per-stage statistic over the repeats (min is the better estimate on a shared, busy machine)",
     )
+    parser.add_argument("--vocoder-precision", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"],
+                        help="model.vocoder_precision values to measure side by side")
     args = parser.parse_args(argv)
     if not args.model_dir.is_dir():
         print(f"model directory {args.model_dir} not found", file=sys.stderr)
         return 2
-    run(args.model_dir, _case_symbols(args.case), args.text, args.threads, args.repeats, args.stat)
+    run(args.model_dir, _case_symbols(args.case), args.text, args.threads, args.repeats, args.stat,
+        args.vocoder_precision)
     return 0
 
 

@@ -307,4 +307,10 @@ def load_sambert_engine(settings: Settings) -> SambertEngine:
     cfg = settings.model
     torch.set_num_threads(cfg.torch_threads)
     model_dir = resolve_model_dir(cfg.model_dir, cfg.model_id, cfg.cache_dir)
-    return SambertEngine(load_voices(model_dir, cfg.voices), cfg.torch_threads)
+    voices = load_voices(model_dir, cfg.voices)
+    if cfg.vocoder_precision == "bf16":
+        for voice in voices:
+            if not voice.vocoder.use_bfloat16():
+                logger.warning("voice %s: vocoder_precision=bf16 needs a causal vocoder and native CPU bf16 "
+                               "support; running the vocoder in fp32", voice.name)
+    return SambertEngine(voices, cfg.torch_threads)

@@ -223,6 +223,14 @@ class HifiGanGenerator(nn.Module):
         # the 1-D channels-first ones, and with batch 1 a causal trim of the time axis stays a contiguous view.
         self._nwc = _NwcPlan(self, fused)
 
+    def use_bfloat16(self) -> bool:
+        """Run the fast path in bfloat16 from now on; False (and nothing changes) where that path or native bf16
+        support is missing, since emulated bf16 convolutions are much slower than fp32."""
+        if self._nwc is None or not _native_bf16():
+            return False
+        self._nwc.to(torch.bfloat16)
+        return True
+
     def forward(self, mel: Tensor) -> Tensor:
         """``mel``: [frames, in_channels] -> waveform [frames * hop]."""
         if self._nwc is not None:
@@ -277,6 +285,7 @@ class _NwcPlan:
     def __init__(self, gen: HifiGanGenerator, fused: list[tuple[Tensor, Tensor]]) -> None:
         cfg = gen.cfg
         self.slope = cfg.negative_slope
+        self.dtype = torch.float32
         self.scales = cfg.upsample_scales
         self.n_kernels = len(cfg.resblock_kernel_sizes)
         self.pre = _conv_plan(gen.conv_pre)
@@ -287,10 +296,21 @@ class _NwcPlan:
             for b in gen._blocks
         ]
 
+    def to(self, dtype: torch.dtype) -> None:
+        def cast(plan: _ConvPlan) -> _ConvPlan:
+            weight, bias, dilation, left = plan
+            return weight.to(dtype), None if bias is None else bias.to(dtype), dilation, left
+
+        self.dtype = dtype
+        self.pre = cast(self.pre)
+        self.post = cast(self.post)
+        self.up = [(kernel.to(dtype), bias.to(dtype)) for kernel, bias in self.up]
+        self.blocks = [[(cast(c1), cast(c2)) for c1, c2 in block] for block in self.blocks]
+
     def run(self, mel: Tensor) -> Tensor:
         slope = self.slope
         # [frames, mels] transposed is already the channels-last memory layout of [1, mels, 1, frames].
-        x = _conv(mel.t()[None, :, None, :], self.pre)
+        x = _conv(mel.to(self.dtype).t()[None, :, None, :], self.pre)
         for i, scale in enumerate(self.scales):
             x = torch.sin(x).add_(x)
             act = F.leaky_relu(x, slope)
@@ -310,7 +330,14 @@ class _NwcPlan:
             assert xs is not None
             x = xs.div_(self.n_kernels)
         x = _conv(F.leaky_relu(x), self.post)
-        return torch.tanh(x).reshape(-1)
+        return torch.tanh(x).reshape(-1).float()
+
+
+def _native_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _polyphase(kernel: Tensor, bias: Tensor, stride: int) -> tuple[Tensor, Tensor]:
