@@ -51,7 +51,8 @@ LIVEZ, READYZ, METRICS = "/livez", "/readyz", "/metrics"
 # Parent process allowance (HTTP server, pool supervision) on top of the per-worker budget (deployment.yaml).
 PARENT_CPU_MILLI = 250
 PARENT_MEMORY_MIB = 512
-WORKER_MEMORY_MIB = 1536
+# docs/capacity.md measured ~690 MiB resident per full-size worker; 1 GiB leaves ~50% headroom.
+WORKER_MEMORY_MIB = 1024
 
 EXPECTED_KINDS = {
     "ServiceAccount",
