@@ -1,0 +1,54 @@
+"""The command line: voices and synth run one engine in-process; config errors are reported, not raised."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from tests.conftest import TONE_ENGINE
+from tests.engines import SECONDS_PER_CHAR
+from tts_server.cli import main
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "tts.toml"
+    path.write_text(f'[engine]\nname = "{TONE_ENGINE}"\n[model]\ncache_dir = "{tmp_path / "cache"}"\n')
+    return path
+
+
+def test_voices_prints_one_json_line_per_voice(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["voices", "--config", str(config)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [v["name"] for v in lines] == ["alpha", "beta"]
+    assert lines[1]["emotions"] == ["neutral", "angry"]
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac"])
+def test_synth_writes_audio(config: Path, tmp_path: Path, fmt: str) -> None:
+    out = tmp_path / f"out.{fmt}"
+    assert main(["synth", "你好世界", "-o", str(out), "--config", str(config), "--voice", "beta",
+                 "--emotion", "angry"]) == 0
+    audio, rate = sf.read(out)
+    assert rate == 16000
+    assert len(audio) == int(4 * SECONDS_PER_CHAR * 16000)
+
+
+def test_synth_rejects_unknown_voice_and_bad_input(config: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "x.wav"
+    assert main(["synth", "好", "-o", str(out), "--config", str(config), "--voice", "gamma"]) == 2
+    assert "alpha, beta" in capsys.readouterr().err
+    assert main(["synth", "[fail] 好", "-o", str(out), "--config", str(config)]) == 2
+    assert "refuses" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_config_errors_name_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[pool]\nworkerz = 2\n")
+    assert main(["voices", "--config", str(bad)]) == 2
+    assert "pool.workerz" in capsys.readouterr().err
