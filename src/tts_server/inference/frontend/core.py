@@ -148,15 +148,10 @@ class Frontend:
         out = []
         for chunk, _speed, _pause in self._chunks(text, emotion, (), ssml):
             parts: list[str] = []
-            level = 0
-            for tok in chunk:
-                if isinstance(tok, _Pause):
-                    level = max(level, tok.level)
-                    continue
-                if parts:
-                    parts.append(f"#{max(level, 1)}")
-                parts.append(" ".join(str(s) for s in tok.syllables))
-                level = 0
+            for level, word in _words_with_breaks(chunk):
+                if level:
+                    parts.append(f"#{level}")
+                parts.append(" ".join(str(s) for s in word.syllables))
             out.append(" ".join([*parts, "#4"]))
         return out
 
@@ -274,24 +269,33 @@ class Frontend:
 
     def _emit(self, tokens: list[Word | _Pause], speaker: str) -> str:
         parts: list[str] = []
-        level = 0
-        for tok in tokens:
-            if isinstance(tok, _Pause):
-                level = max(level, tok.level)
-                continue
+        for level, word in _words_with_breaks(tokens):
             phones = []
-            for syl in tok.syllables:
+            for syl in word.syllables:
                 try:
                     phones.append((self._syllable_phones(syl.base), syl.tone))
                 except SyllableError as exc:
-                    source = "".join(tok.chars) or str(syl)
+                    source = "".join(word.chars) or str(syl)
                     raise FrontendError(f"cannot pronounce {source!r} with this voice: {exc}") from None
-            if parts:
-                parts.append(break_token(max(level, 1), speaker))
-            parts.extend(word_tokens(phones, "emotion_" + tok.emotion, speaker))
-            level = 0
+            if level:
+                parts.append(break_token(level, speaker))
+            parts.extend(word_tokens(phones, "emotion_" + word.emotion, speaker))
         parts.append(break_token(4, speaker))
         return " ".join(parts)
+
+
+def _words_with_breaks(tokens: list[Word | _Pause]) -> Iterator[tuple[int, Word]]:
+    """Each word with the break level before it: 0 for the first word, else the strongest pause since the
+    previous word, at least 1 (#1 separates every pair of words)."""
+    level = 0
+    first = True
+    for tok in tokens:
+        if isinstance(tok, _Pause):
+            level = max(level, tok.level)
+            continue
+        yield (0 if first else max(level, 1)), tok
+        first = False
+        level = 0
 
 
 def _syllable_count(tokens: list[Word | _Pause]) -> int:
