@@ -5,20 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from tts_server import __version__
-from tts_server.api.errors import install_error_handlers
+from tts_server.api.errors import ApiError, install_error_handlers
 from tts_server.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from tts_server.api.openai_compat import router as openai_router
 from tts_server.api.routes import router
 from tts_server.api.security import KeyStore, RateLimiter, SecurityMiddleware, document_security
+from tts_server.api.state import AppState
 from tts_server.api.webui import webui_router
 from tts_server.config import Settings
 from tts_server.inference.cache import AudioCache
@@ -26,8 +25,6 @@ from tts_server.inference.pool import WorkerPool
 from tts_server.metrics import ServerMetrics
 
 log = logging.getLogger("tts_server.api")
-
-STATIC_DIR = Path(__file__).parent / "static"
 
 DESCRIPTION = """
 Text-to-speech for the ModelScope Sambert-HifiGan Chinese multi-emotion voices.
@@ -38,15 +35,6 @@ with `Retry-After`; a request that cannot finish in time is a 504.
 
 #: Health and metrics endpoints stay out of the HTTP latency statistics.
 UNMEASURED = ["/metrics", "/livez", "/readyz", "/health"]
-
-
-@dataclass
-class AppState:
-    settings: Settings
-    pool: WorkerPool
-    metrics: ServerMetrics
-    #: None when ``cache.enabled`` is false.
-    cache: AudioCache | None = None
 
 
 #: Headers browser clients on other origins may read (CORS hides all but a few by default).
@@ -95,11 +83,13 @@ def create_app(settings: Settings) -> FastAPI:
     Instrumentator(
         excluded_handlers=UNMEASURED, registry=metrics.registry, should_group_status_codes=True,
     ).instrument(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes,
-                       on_reject=lambda: metrics.rejected.labels("too_large").inc())
+    def count_rejection(error: ApiError) -> None:
+        metrics.count_rejection(error.kind.reject_reason)
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes, on_error=count_rejection)
     # The last added runs first. On the way in: request id, CORS (so 401/429 carry CORS headers and preflights
     # need no key), keys and rate limit (before any body byte is read), body limit.
-    app.add_middleware(SecurityMiddleware, keys=keys, limiter=limiter, on_reject=_reject_counter(metrics))
+    app.add_middleware(SecurityMiddleware, keys=keys, limiter=limiter, on_error=count_rejection)
     if settings.cors.enabled:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors.origins),
                            allow_credentials=settings.cors.allow_credentials, allow_methods=["GET", "POST"],
@@ -107,15 +97,6 @@ def create_app(settings: Settings) -> FastAPI:
                            expose_headers=EXPOSED_HEADERS, max_age=600)
     app.add_middleware(RequestIdMiddleware)
     return app
-
-
-def _reject_counter(metrics: ServerMetrics) -> Callable[[str], None]:
-    def count(reason: str) -> None:
-        # 401s are not a load signal; only rate limiting counts as a rejection.
-        if reason == "rate_limited":
-            metrics.rejected.labels("rate_limited").inc()
-
-    return count
 
 
 async def _announce_ready(pool: WorkerPool, metrics: ServerMetrics) -> None:

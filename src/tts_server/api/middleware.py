@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from collections.abc import Callable
 from typing import Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tts_server.api.errors import BODY_TOO_LARGE, ApiError, send_error
+
+#: Called with every error a middleware answers itself (the app counts the rejections).
+OnError = Callable[[ApiError], None]
 
 REQUEST_ID_HEADER: Final = "x-request-id"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -50,10 +54,10 @@ class BodyLimitMiddleware:
     """Refuse bodies over ``max_bytes`` with 413, counting the bytes actually received (chunked bodies and
     lying Content-Length headers included)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, on_reject: Callable[[], None] | None = None) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, on_error: OnError | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.on_reject = on_reject
+        self.on_error = on_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -99,14 +103,7 @@ class BodyLimitMiddleware:
             await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
-        if self.on_reject is not None:
-            self.on_reject()
-        body = json.dumps({"error": {
-            "message": f"request body exceeds {self.max_bytes} bytes", "type": "invalid_request_error",
-            "code": "body_too_large", "param": None,
-        }}).encode()
-        await send({"type": "http.response.start", "status": 413, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]})
-        await send({"type": "http.response.body", "body": body})
+        error = ApiError(BODY_TOO_LARGE, f"request body exceeds {self.max_bytes} bytes")
+        if self.on_error is not None:
+            self.on_error(error)
+        await send_error(send, error, close=True)

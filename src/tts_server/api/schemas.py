@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tts_server.inference.engine import InputFormat
 
 SPEED_MIN = 0.5
 SPEED_MAX = 2.0
 
 SynthesisFormat = Literal["wav", "pcm", "flac", "mp3", "ogg", "opus"]
+
+_INPUT_FORMAT_DOC: Final = ("How to read the text: plain `text` (markup is read as text), `ssml` (a <speak> document, "
+                            "XML prolog optional) or KAN-TTS `symbols`.")
 
 
 class SynthesizeRequest(BaseModel):
@@ -21,7 +26,9 @@ class SynthesizeRequest(BaseModel):
         },
     )
 
-    text: str = Field(..., description="Text to speak (plain Chinese text, KAN-TTS symbols or SSML).")
+    text: str = Field(..., description="Text to speak: plain Chinese text, SSML or KAN-TTS symbols, as "
+                                       "`input_format` says.")
+    input_format: InputFormat = Field("text", description=_INPUT_FORMAT_DOC)
     voice: str | None = Field(None, description="Voice name from GET /v1/voices; the default voice when omitted.")
     emotion: str | None = Field(None, description="One of the voice's emotions; the voice's default when omitted.")
     speed: float = Field(1.0, ge=SPEED_MIN, le=SPEED_MAX, description="Speaking rate multiplier.")
@@ -39,6 +46,62 @@ class SynthesizeRequest(BaseModel):
         if not value.strip():
             raise ValueError("text must not be empty")
         return value
+
+
+OPENAI_SPEED_MIN: Final = 0.25
+OPENAI_SPEED_MAX: Final = 4.0
+
+SpeechFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
+
+
+class VoiceRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(..., min_length=1, description="A voice name from GET /v1/voices.")
+
+
+class SpeechRequest(BaseModel):
+    """OpenAI's ``POST /v1/audio/speech`` body, plus our ``emotion`` and ``input_format`` extensions."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"model": "tts-1", "input": "欢迎使用语音合成服务。", "voice": "alloy",
+                                         "response_format": "wav", "instructions": "Speak cheerfully."}]},
+    )
+
+    model: str = Field(..., description="A model id from GET /v1/models (OpenAI names are aliases).")
+    input: str = Field(..., description="Text to speak; at most `limits.max_text_chars` characters.")
+    voice: str | VoiceRef = Field(..., description="One of our voices, or an OpenAI voice name (mapped to the "
+                                                   "default voice, see X-Voice-Mapped).")
+    instructions: str | None = Field(None, max_length=4096, description="Emotion words are mapped to the voice's "
+                                                                        "emotions; the rest is ignored.")
+    response_format: SpeechFormat = Field("mp3", description="aac is not supported (422).")
+    speed: float = Field(1.0, ge=OPENAI_SPEED_MIN, le=OPENAI_SPEED_MAX,
+                         description=f"Clamped to {SPEED_MIN}-{SPEED_MAX} (see X-Speed-Applied).")
+    stream_format: Literal["sse", "audio"] | None = Field(None, description="Omitted: the whole file. audio: "
+                                                                            "chunked per sentence (wav, pcm). sse: "
+                                                                            "server-sent events.")
+    emotion: str | None = Field(None, description="Extension: one of the voice's emotions (wins over "
+                                                  "instructions).")
+    input_format: InputFormat = Field("text", description="Extension: " + _INPUT_FORMAT_DOC)
+
+    @field_validator("input")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("input must not be empty")
+        return value
+
+
+class ModelObject(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelObject]
 
 
 class VoiceModel(BaseModel):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import hashlib
 import hmac
-import json
 import logging
 import math
 import time
@@ -21,9 +20,10 @@ from pathlib import Path
 from typing import Any, Final
 
 from fastapi import FastAPI, Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tts_server.api.errors import ApiError
+from tts_server.api.errors import RATE_LIMITED, UNAUTHORIZED, ApiError, send_error
+from tts_server.api.middleware import OnError
 from tts_server.config import ConfigError, Settings
 
 log = logging.getLogger("tts_server.api")
@@ -123,10 +123,6 @@ class RateLimiter:
         return (1.0 - bucket.tokens) / self.rate
 
 
-def _error_body(message: str, type_: str, code: str) -> bytes:
-    return json.dumps({"error": {"message": message, "type": type_, "code": code, "param": None}}).encode()
-
-
 class SecurityMiddleware:
     """Authenticate (when enabled) and rate-limit (when enabled) requests to ``/v1/*``.
 
@@ -135,11 +131,11 @@ class SecurityMiddleware:
     """
 
     def __init__(self, app: ASGIApp, *, keys: KeyStore | None, limiter: RateLimiter | None,
-                 on_reject: Callable[[str], None] | None = None) -> None:
+                 on_error: OnError | None = None) -> None:
         self.app = app
         self.keys = keys
         self.limiter = limiter
-        self.on_reject = on_reject
+        self.on_error = on_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not _route_path(scope).startswith(PROTECTED_PREFIX):
@@ -179,23 +175,22 @@ class SecurityMiddleware:
 
     async def _unauthorized(self, scope: Scope, send: Send) -> None:
         presented = any(name == b"authorization" for name, _ in scope.get("headers", ()))
-        if self.on_reject is not None:
-            self.on_reject("unauthorized")
         challenge = f'Bearer realm="{REALM}"'
         if presented:
             challenge += ', error="invalid_token"'
             message = "invalid API key"
         else:
             message = "missing API key: send 'Authorization: Bearer <key>'"
-        await _reply(send, 401, _error_body(message, "authentication_error", "invalid_api_key"),
-                     [(b"www-authenticate", challenge.encode())])
+        await self._reply(send, ApiError(UNAUTHORIZED, message, headers={"WWW-Authenticate": challenge}))
 
     async def _too_many(self, send: Send, wait: float) -> None:
-        if self.on_reject is not None:
-            self.on_reject("rate_limited")
         retry = max(1, math.ceil(wait))
-        await _reply(send, 429, _error_body(f"rate limit exceeded, retry in {retry} s", "rate_limit_error",
-                                            "rate_limit_exceeded"), [(b"retry-after", str(retry).encode())])
+        await self._reply(send, ApiError(RATE_LIMITED, f"rate limit exceeded, retry in {retry} s", retry_after=retry))
+
+    async def _reply(self, send: Send, error: ApiError) -> None:
+        if self.on_error is not None:
+            self.on_error(error)
+        await send_error(send, error)
 
 
 def _route_path(scope: Scope) -> str:
@@ -207,19 +202,11 @@ def _route_path(scope: Scope) -> str:
     return path
 
 
-async def _reply(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    start: Message = {"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers,
-    ]}
-    await send(start)
-    await send({"type": "http.response.body", "body": body})
-
-
 def authenticated(request: Request) -> str:
     """Route dependency: the principal the security middleware admitted (fail closed without it)."""
     principal = request.scope.get("state", {}).get(PRINCIPAL)
     if not isinstance(principal, str):
-        raise ApiError(401, "request was not authenticated", type_="authentication_error", code="invalid_api_key",
+        raise ApiError(UNAUTHORIZED, "request was not authenticated",
                        headers={"WWW-Authenticate": f'Bearer realm="{REALM}"'})
     return principal
 

@@ -62,6 +62,7 @@ def model_revision(settings: Settings) -> str:
 @dataclass(frozen=True)
 class CacheKey:
     text: str
+    input_format: str
     voice: str
     emotion: str
     speed: float
@@ -70,8 +71,8 @@ class CacheKey:
     revision: str
 
     def digest(self) -> str:
-        fields = [self.text, self.voice, self.emotion, repr(float(self.speed)), self.format, self.sample_rate,
-                  self.revision]
+        fields = [self.text, self.input_format, self.voice, self.emotion, repr(float(self.speed)), self.format,
+                  self.sample_rate, self.revision]
         return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()
 
 
@@ -267,8 +268,10 @@ class AudioCache:
             log.info("audio cache on disk: %d entries, %d bytes in %s", len(self._disk), self._disk.bytes,
                      self._disk.directory)
 
-    def key(self, *, text: str, voice: str, emotion: str, speed: float, fmt: str, sample_rate: int) -> CacheKey:
-        return CacheKey(normalize_text(text), voice, emotion, float(speed), fmt, sample_rate, self.revision)
+    def key(self, *, text: str, voice: str, emotion: str, speed: float, fmt: str, input_format: str = "text",
+            sample_rate: int) -> CacheKey:
+        return CacheKey(normalize_text(text), input_format, voice, emotion, float(speed), fmt, sample_rate,
+                        self.revision)
 
     @property
     def memory_bytes(self) -> int:

@@ -9,13 +9,16 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
     from tts_server.config import Settings
+
+#: How a job's text is to be read: plain text, an SSML document, or KAN-TTS symbol strings.
+InputFormat = Literal["text", "ssml", "symbols"]
 
 #: Stage names reported in ``Synthesis.stage_seconds`` (and exported as a metric label).
 STAGES = ("frontend", "acoustic", "vocoder")

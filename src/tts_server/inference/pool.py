@@ -30,7 +30,7 @@ import numpy.typing as npt
 import psutil
 
 from tts_server.config import Settings
-from tts_server.inference.engine import VoiceInfo
+from tts_server.inference.engine import InputFormat, VoiceInfo
 from tts_server.inference.messages import (
     Chunk,
     Failure,
@@ -394,7 +394,7 @@ class WorkerPool:
 
     def submit(
         self, *, text: str, voice: str, emotion: str, speed: float, request_id: str, stream: bool = False,
-        timeout_s: float | None = None,
+        timeout_s: float | None = None, input_format: InputFormat = "text",
     ) -> JobHandle:
         """Admit a job or raise at once (``NotReady``, ``Overloaded``); never waits."""
         if self._draining:
@@ -404,7 +404,7 @@ class WorkerPool:
         timeout = self._pool.job_timeout_s if timeout_s is None else timeout_s
         job = Job(
             job_id=next(self._ids), request_id=request_id, text=text, voice=voice, emotion=emotion, speed=speed,
-            deadline=time.monotonic() + timeout, stream=stream,
+            deadline=time.monotonic() + timeout, stream=stream, input_format=input_format,
         )
         handle = JobHandle(job, asyncio.get_running_loop())
         if not self._queue.offer(handle):

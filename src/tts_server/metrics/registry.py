@@ -166,6 +166,11 @@ class ServerMetrics:
                 for outcome in OUTCOMES:
                     self.requests.labels(voice, emotion, outcome)
 
+    def count_rejection(self, reason: str | None) -> None:
+        """Count a request refused before synthesis (None: the error is not a rejection, e.g. a 401)."""
+        if reason is not None:
+            self.rejected.labels(reason).inc()
+
     def observe_synthesis(self, outcome: SynthesisOutcome, characters: int) -> None:
         self.queue_wait.observe(outcome.queue_wait_seconds)
         for stage, seconds in outcome.stage_seconds.items():
