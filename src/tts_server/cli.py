@@ -10,13 +10,16 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import prometheus_client
 import uvicorn
 from fastapi import FastAPI
 
 from tts_server.config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from tts_server.inference.engine import Engine
 
 log = logging.getLogger("tts_server.cli")
 
@@ -88,10 +91,28 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _voices(args: argparse.Namespace) -> int:
-    from tts_server.inference.engine import load_engine
+#: Exit status when the engine cannot be loaded (2 is a configuration or input error, like argparse's).
+EXIT_LOAD_FAILED = 3
 
-    engine = load_engine(_settings(args))
+
+def _load_engine(args: argparse.Namespace) -> Engine | None:
+    """The configured engine, or None after one line on stderr saying why it cannot be loaded: a missing or
+    damaged model is an operator error to fix, not a crash to debug from a traceback."""
+    from tts_server.inference.engine import EngineLoadError, load_engine
+
+    settings = _settings(args)
+    try:
+        return load_engine(settings)
+    except EngineLoadError as exc:
+        message = " ".join(str(exc).splitlines())
+        print(f"error: cannot load the model: {message}", file=sys.stderr)
+        return None
+
+
+def _voices(args: argparse.Namespace) -> int:
+    engine = _load_engine(args)
+    if engine is None:
+        return EXIT_LOAD_FAILED
     for voice in engine.voices().values():
         print(json.dumps({"name": voice.name, "emotions": list(voice.emotions),
                           "default_emotion": voice.default_emotion, "sample_rate": voice.sample_rate},
@@ -101,9 +122,11 @@ def _voices(args: argparse.Namespace) -> int:
 
 def _synth(args: argparse.Namespace) -> int:
     from tts_server.inference.audio import FORMATS, encode
-    from tts_server.inference.engine import EngineError, load_engine
+    from tts_server.inference.engine import EngineError
 
-    engine = load_engine(_settings(args))
+    engine = _load_engine(args)
+    if engine is None:
+        return EXIT_LOAD_FAILED
     voices = engine.voices()
     voice = args.voice or next(iter(voices))
     if voice not in voices:

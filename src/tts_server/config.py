@@ -8,6 +8,8 @@ Unknown keys anywhere are an error that names the key, so a typo never silently 
 from __future__ import annotations
 
 import tomllib
+import types
+import typing
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
@@ -267,6 +269,39 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
     return f"invalid configuration ({source}): " + "; ".join(parts)
 
 
+def _is_path_type(annotation: Any) -> bool:
+    """``Path`` or an optional/union containing it."""
+    if annotation is Path:
+        return True
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return any(arg is Path for arg in typing.get_args(annotation))
+    return False
+
+
+def _is_relative(value: str) -> bool:
+    # "~/x" is absolute once the field's validator expands it; "" is left for validation to judge.
+    return bool(value) and not value.startswith("~") and not Path(value).is_absolute()
+
+
+def _resolve_file_paths(model: type[BaseModel], values: Mapping[str, Any], base: Path) -> dict[str, Any]:
+    """Relative paths in a config file, resolved against the file's directory.
+
+    A file's paths mean the same wherever the server is started from (a relative ``model_dir`` next to the
+    file keeps working from any working directory). Every ``Path``-typed field of every section is covered,
+    found from the model, so a new path setting needs no change here. Environment variables and explicit
+    overrides are not touched: they stay relative to the working directory, like any command line path.
+    """
+    out = dict(values)
+    for name, field in model.model_fields.items():
+        value = values.get(name)
+        annotation = field.annotation
+        if isinstance(value, Mapping) and isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            out[name] = _resolve_file_paths(annotation, value, base)
+        elif isinstance(value, str) and _is_path_type(annotation) and _is_relative(value):
+            out[name] = str(base / value)
+    return out
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Load settings from an optional TOML file, the environment and explicit overrides (highest)."""
     file_values: dict[str, Any] = {}
@@ -280,6 +315,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from exc
         source = str(config_file)
+        # The directory the user wrote the file in, not its symlink target: a Kubernetes ConfigMap mount is a
+        # symlink into a timestamped directory that relative paths are not meant for.
+        file_values = _resolve_file_paths(Settings, file_values, config_file.absolute().parent)
     token = _FILE_VALUES.set(file_values)
     try:
         settings = Settings(**overrides)

@@ -12,6 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from tts_server import __version__
+from tts_server.api.docs import docs_router
 from tts_server.api.errors import ApiError, install_error_handlers
 from tts_server.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from tts_server.api.openai_compat import router as openai_router
@@ -74,11 +75,15 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # FastAPI's own pages load Swagger UI/ReDoc from a CDN; docs_router serves a packaged copy instead.
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(openai_router)
     app.include_router(webui_router)
+    app.include_router(docs_router)
     document_security(app, settings.auth.enabled)
     Instrumentator(
         excluded_handlers=UNMEASURED, registry=metrics.registry, should_group_status_codes=True,

@@ -8,12 +8,12 @@ from the truth.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import psutil
-import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -107,6 +107,15 @@ def _existing_parent(path: Path) -> Path:
     return path
 
 
+def _torch_version() -> str:
+    # From the installed distribution's metadata: importing torch just for its version would add ~180 MB to the
+    # API process, which never runs a model (the workers do).
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 class ServerMetrics:
     """Every ``tts_*`` metric of one server instance, on its own registry."""
 
@@ -140,7 +149,7 @@ class ServerMetrics:
         self.cache_lookups = Counter("tts_cache_lookups", "Audio cache lookups.", ["result"], registry=r)
         self.build_info = Gauge("tts_build_info", "Build information.", ["version", "model_id", "torch"],
                                 registry=r)
-        self.build_info.labels(__version__, settings.model.model_id, torch.__version__).set(1)
+        self.build_info.labels(__version__, settings.model.model_id, _torch_version()).set(1)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
         for result in ("hit", "miss"):
