@@ -31,7 +31,7 @@ from tts_server.api.schemas import (
 )
 from tts_server.api.security import authenticated
 from tts_server.inference.audio import FORMATS, SUPPORTED_SAMPLE_RATES, encode, resample, to_int16, wav_stream_header
-from tts_server.inference.cache import AudioCache, CachedAudio, CacheKey, normalize_text
+from tts_server.inference.cache import AudioCache, CachedAudio, CacheKey
 from tts_server.inference.messages import Chunk
 from tts_server.inference.pool import (
     DeadlineExceeded,
@@ -197,8 +197,7 @@ class JobSpec:
 
     def submit(self, state: AppState, *, stream: bool = False) -> JobHandle:
         # With the cache on, the engine gets exactly the text the cache key holds.
-        text = normalize_text(self.text) if state.cache is not None else self.text
-        return state.pool.submit(text=text, voice=self.voice, emotion=self.emotion, speed=self.speed,
+        return state.pool.submit(text=self.text, voice=self.voice, emotion=self.emotion, speed=self.speed,
                                  request_id=self.request_id, stream=stream)
 
 

@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 SPEED_MIN = 0.5
 SPEED_MAX = 2.0
 
 SynthesisFormat = Literal["wav", "pcm", "flac", "mp3", "ogg", "opus"]
+
+
+def _speech_text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    # JSON escapes can smuggle in lone surrogates (``"\ud800"``): not characters at all, so nothing downstream
+    # (UTF-8 encoding for the cache key, the frontend, logs) can handle them. Reject them here, with a 422.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"contains an unpaired surrogate (U+{ord(value[exc.start]):04X}) at position "
+                         f"{exc.start}; send valid Unicode text") from None
+    return value
+
+
+#: Text to synthesise, for every route that takes some: not blank, and only Unicode scalar values.
+SpeechText = Annotated[str, AfterValidator(_speech_text)]
 
 
 class SynthesizeRequest(BaseModel):
@@ -21,7 +38,7 @@ class SynthesizeRequest(BaseModel):
         },
     )
 
-    text: str = Field(..., description="Text to speak (plain Chinese text, KAN-TTS symbols or SSML).")
+    text: SpeechText = Field(..., description="Text to speak (plain Chinese text, KAN-TTS symbols or SSML).")
     voice: str | None = Field(None, description="Voice name from GET /v1/voices; the default voice when omitted.")
     emotion: str | None = Field(None, description="One of the voice's emotions; the voice's default when omitted.")
     speed: float = Field(1.0, ge=SPEED_MIN, le=SPEED_MAX, description="Speaking rate multiplier.")
@@ -32,13 +49,6 @@ class SynthesizeRequest(BaseModel):
         ge=8000, le=48000,
     )
     stream: bool = Field(False, description="Send audio sentence by sentence as it is synthesised (chunked).")
-
-    @field_validator("text")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("text must not be empty")
-        return value
 
 
 class VoiceModel(BaseModel):
