@@ -154,7 +154,7 @@ def tts_server(engine: EngineChoice, workers: int, *, queue_size: int = 16, job_
     with tempfile.TemporaryDirectory(prefix="tts-bench-") as tmp:
         port = free_port()
         config = Path(tmp) / "server.toml"
-        model = {"cache_dir": str(Path(tmp) / "cache"), **engine.settings["model"]}
+        model = {"download_dir": str(Path(tmp) / "cache"), **engine.settings["model"]}
         config.write_text(toml_text({
             "server": {"host": HOST, "port": port, "log_level": "warning", "drain_delay_s": 0.0},
             "pool": {"workers": workers, "queue_size": queue_size, "job_timeout_s": job_timeout_s,

@@ -46,7 +46,7 @@ def read_log(path: Path) -> list[tuple[int, str]]:
     rows = []
     for line in path.read_text(encoding="utf-8").splitlines():
         pid, _, text = line.partition("\t")
-        rows.append((int(pid), text))
+        rows.append((int(pid), text.encode("ascii").decode("unicode_escape")))
     return rows
 
 
@@ -57,7 +57,7 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "engine": {"name": TONE_ENGINE},
             "pool": {"workers": 2, "queue_size": 8, "job_timeout_s": 20.0, "startup_timeout_s": 60.0,
                      "restart_backoff_s": 0.1, "kill_grace_s": 1.0},
-            "model": {"cache_dir": str(tmp_path / "cache")},
+            "model": {"download_dir": str(tmp_path / "cache")},
         }
         return load_settings(None, **_deep_update(base, overrides))
 

@@ -6,8 +6,8 @@ Directives in the text steer the fault cases, e.g. ``"[sleep=0.5] 你好"``:
 - ``boom``: raise a plain exception (an engine bug -> 500 without internals);
 - ``exit``: the worker process dies abruptly (os._exit) on its first attempt at this job;
 - ``leak=MB``: keep MB megabytes alive forever (memory growth).
-Every job that runs appends ``pid<TAB>text`` to the file named by ``TTS_TEST_ENGINE_LOG`` (if set), so tests can
-check what ran and where.
+Every job that runs appends ``pid<TAB>text`` (text backslash-escaped) to the file named by ``TTS_TEST_ENGINE_LOG``
+(if set), so tests can check what ran and where.
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ class ToneEngine:
             _LEAKED[-1][::4096] = b"x" * len(_LEAKED[-1][::4096])  # touch pages so RSS grows
         sleep = float(directives.get("sleep") or 0)
         body = _DIRECTIVE.sub("", text)
-        sentences = [s for s in re.split(r"(?<=[。！？.!?])", body) if s.strip()] or [body or " "]
+        # Line breaks end a sentence, as in the real frontend: a text's newlines change its audio.
+        sentences = [s for s in re.split(r"(?<=[。！？.!?\n\r\u2028\u2029])", body) if s.strip()] or [body or " "]
         base = 220.0 + 40.0 * list(VOICES).index(voice) + 20.0 * VOICES[voice].emotions.index(emotion)
         for sentence in sentences:
             t0 = time.perf_counter()
@@ -95,7 +96,8 @@ class ToneEngine:
         path = os.environ.get("TTS_TEST_ENGINE_LOG")
         if path:
             with open(path, "a", encoding="utf-8") as fh:
-                fh.write(f"{os.getpid()}\t{text}\n")
+                # Escaped, so a text's own line breaks cannot split its log line (``read_log`` undoes it).
+                fh.write(f"{os.getpid()}\t{text.encode('unicode_escape').decode('ascii')}\n")
 
 
 def tone_engine(settings: Settings) -> ToneEngine:

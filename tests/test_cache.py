@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import read_log, running_app
 from tts_server.config import Settings, load_settings
-from tts_server.inference.cache import AudioCache, CachedAudio, model_revision, normalize_text
+from tts_server.inference.cache import DISK_SUBDIR, AudioCache, CachedAudio, CacheDirError, model_revision
 
 
 def jobs(engine_log: Path) -> list[str]:
@@ -25,7 +27,7 @@ def _entry(size: int, tag: int = 0) -> CachedAudio:
 
 def _cache_settings(tmp_path: Path, **cache: object) -> Settings:
     return load_settings(None, engine={"name": "tests.engines:tone_engine"},
-                         model={"cache_dir": str(tmp_path / "models")}, cache={"enabled": True, **cache})
+                         model={"download_dir": str(tmp_path / "models")}, cache={"enabled": True, **cache})
 
 
 Producer = Callable[[], Awaitable[CachedAudio]]
@@ -46,29 +48,23 @@ def _counting(item_for: Callable[[int], CachedAudio]) -> tuple[list[int], Callab
     return calls, factory
 
 
-def test_normalize_text() -> None:
-    assert normalize_text("  你好\t\n世界  ") == "你好 世界"
-    assert normalize_text("e\u0301") == "\u00e9"  # NFC
-    assert normalize_text("你好，世界") == "你好，世界"  # punctuation is spoken differently: kept as is
-
-
 async def test_cache_hit_is_identical_and_skips_the_pool(make_settings: Callable[..., Settings],
                                                          engine_log: Path) -> None:
     async with running_app(make_settings(pool={"workers": 1}, cache={"enabled": True})) as (_, client):
         body = {"text": "你好 世界。", "voice": "beta", "emotion": "angry", "format": "flac"}
         first = await client.post("/v1/synthesize", json=body)
-        second = await client.post("/v1/synthesize", json={**body, "text": "  你好   世界。 "})
+        second = await client.post("/v1/synthesize", json=body)
         assert (first.status_code, second.status_code) == (200, 200)
         assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "hit")
         assert second.content == first.content
         assert second.headers["x-audio-duration"] == first.headers["x-audio-duration"]
         assert len(jobs(engine_log)) == 1
-        # Anything that changes the audio is a different entry.
+        # Anything that can change the audio is a different entry, whitespace and line breaks included.
         for change in ({"speed": 1.5}, {"format": "wav"}, {"emotion": "neutral"}, {"sample_rate": 8000},
-                       {"text": "你好世界。"}):
+                       {"text": "你好世界。"}, {"text": " 你好 世界。 "}, {"text": "你好\n世界。"}):
             r = await client.post("/v1/synthesize", json={**body, **change})
             assert r.headers["x-cache"] == "miss", change
-        assert len(jobs(engine_log)) == 6
+        assert len(jobs(engine_log)) == 8
         # The OpenAI route shares the cache (same text, voice, emotion, speed, format and rate).
         speech = {"model": "tts-1", "input": "你好 世界。", "voice": "beta", "emotion": "angry",
                   "response_format": "flac"}
@@ -78,15 +74,52 @@ async def test_cache_hit_is_identical_and_skips_the_pool(make_settings: Callable
         pcm = await client.post("/v1/synthesize", json={**body, "format": "pcm"})
         streamed = await client.post("/v1/synthesize", json={**body, "format": "pcm", "stream": True})
         assert (streamed.headers["x-cache"], streamed.content) == ("hit", pcm.content)
-        assert len(jobs(engine_log)) == 7
+        assert len(jobs(engine_log)) == 9
         # A streamed miss is synthesised (and streamed), but not stored: its chunks were resampled one by one.
         fresh = {**body, "text": "新的一句。", "format": "pcm", "stream": True}
         assert (await client.post("/v1/synthesize", json=fresh)).headers["x-cache"] == "miss"
         assert (await client.post("/v1/synthesize", json=fresh)).headers["x-cache"] == "miss"
-        assert len(jobs(engine_log)) == 9
+        assert len(jobs(engine_log)) == 11
         metrics = (await client.get("/metrics")).text
         assert 'tts_cache_lookups_total{result="hit"} 3.0' in metrics
-        assert 'tts_cache_lookups_total{result="miss"} 9.0' in metrics
+        assert 'tts_cache_lookups_total{result="miss"} 11.0' in metrics
+
+
+async def test_the_cache_never_changes_the_text_the_engine_gets(make_settings: Callable[..., Settings],
+                                                                engine_log: Path) -> None:
+    # The newline is a sentence break for the frontend (and the test engine): it changes the audio.
+    texts = ["你好\n世界。", "你好 世界。", "  你好  世界。\r\n"]
+    audio: dict[bool, list[bytes]] = {}
+    for enabled in (False, True):
+        async with running_app(make_settings(pool={"workers": 1}, cache={"enabled": enabled})) as (_, client):
+            responses = [await client.post("/v1/synthesize", json={"text": t, "format": "wav"}) for t in texts]
+        assert [r.status_code for r in responses] == [200] * len(texts)
+        assert [r.headers["x-cache"] for r in responses] == ["miss"] * len(texts), enabled
+        audio[enabled] = [r.content for r in responses]
+    assert audio[True] == audio[False]  # byte for byte, cache on or off
+    assert audio[False][0] != audio[False][1]  # so a cache that merged them would have served the wrong audio
+    assert jobs(engine_log) == texts * 2  # verbatim: no trimming, no collapsing, no newline rewriting
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+async def test_unpaired_surrogates_are_a_422(make_settings: Callable[..., Settings], engine_log: Path,
+                                             enabled: bool) -> None:
+    async with running_app(make_settings(pool={"workers": 1}, cache={"enabled": enabled})) as (_, client):
+        for text in ("\\ud800你好", "你好\\udfff", "\\udc00\\ud800"):  # lone high, lone low, reversed pair
+            r = await client.post("/v1/synthesize", content=f'{{"text": "{text}"}}'.encode(),
+                                  headers={"content-type": "application/json"})
+            assert r.status_code == 422, (text, r.text)
+            error = r.json()["error"]
+            assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", "invalid_request",
+                                                                      "text")
+            assert "surrogate" in error["message"]
+        # A proper pair in the same escape syntax is one character (U+1F600) and fine, as is blank text a 422.
+        ok = await client.post("/v1/synthesize", content='{"text": "\\ud83d\\ude00你好"}'.encode(),
+                               headers={"content-type": "application/json"})
+        assert ok.status_code == 200, ok.text
+        blank = await client.post("/v1/synthesize", json={"text": " \n "})
+        assert (blank.status_code, blank.json()["error"]["param"]) == (422, "text")
+    assert jobs(engine_log) == ["\U0001f600你好"]
 
 
 async def test_identical_concurrent_requests_coalesce(make_settings: Callable[..., Settings],
@@ -117,7 +150,8 @@ async def test_disk_cache_survives_restart(make_settings: Callable[..., Settings
     settings = make_settings(pool={"workers": 1}, cache={"enabled": True, "disk_dir": disk})
     async with running_app(settings) as (_, client):
         first = await client.post("/v1/synthesize", json={"text": "你好", "format": "mp3"})
-    assert len(list(disk.glob("*.audio"))) == 1
+    assert len(list((disk / DISK_SUBDIR).glob("*.audio"))) == 1
+    assert [p.name for p in disk.iterdir()] == [DISK_SUBDIR]
     async with running_app(settings) as (_, client):
         again = await client.post("/v1/synthesize", json={"text": "你好", "format": "mp3"})
     assert (again.headers["x-cache"], again.content) == ("hit", first.content)
@@ -127,11 +161,9 @@ async def test_disk_cache_survives_restart(make_settings: Callable[..., Settings
 
 async def test_disk_byte_cap_evicts_least_recently_used(tmp_path: Path) -> None:
     disk = tmp_path / "audio-cache"
-    disk.mkdir()
-    (disk / ".tmp-interrupted").write_bytes(b"x" * 100)  # a write cut short by a crash
     cache = AudioCache(_cache_settings(tmp_path, max_bytes=0, disk_dir=disk, disk_max_bytes=3500))
     await cache.start()
-    assert not (disk / ".tmp-interrupted").exists()
+    disk = disk / DISK_SUBDIR
     calls, produce = _counting(lambda i: _entry(1000, i))
     keys = [cache.key(text=f"text {i}", voice="alpha", emotion="neutral", speed=1.0, fmt="wav", sample_rate=16000)
             for i in range(5)]
@@ -146,9 +178,13 @@ async def test_disk_byte_cap_evicts_least_recently_used(tmp_path: Path) -> None:
     assert (await cache.get_or_create(keys[1], produce(1)))[1] is False  # evicted
     assert calls == [0, 1, 2, 3, 1]
 
-    # A restart rebuilds the index from the directory and enforces a smaller cap.
-    smaller = AudioCache(_cache_settings(tmp_path, max_bytes=0, disk_dir=disk, disk_max_bytes=2500))
+    # A restart rebuilds the index from the directory, deletes writes cut short by a crash and enforces a
+    # smaller cap.
+    interrupted = disk / f".tmp-{uuid.uuid4().hex}"
+    interrupted.write_bytes(b"x" * 100)
+    smaller = AudioCache(_cache_settings(tmp_path, max_bytes=0, disk_dir=disk.parent, disk_max_bytes=2500))
     await smaller.start()
+    assert not interrupted.exists()
     assert sum(f.stat().st_size for f in disk.glob("*.audio")) <= 2500
     item, hit = await smaller.get_or_create(keys[1], produce(9))
     assert hit
@@ -226,28 +262,69 @@ async def test_coalesced_waiters_and_cancellation(tmp_path: Path) -> None:
     assert await cache.lookup(third) is None
 
 
+async def test_disk_cache_deletes_only_its_own_files(tmp_path: Path) -> None:
+    disk = tmp_path / "shared-dir"
+    disk.mkdir()
+    digest_like = "0" * 64 + ".audio"  # an entry name, but not in the cache's own folder
+    foreign = {name: f"not yours: {name}".encode() for name in ("foo.audio", ".tmp-x", digest_like, "notes.txt")}
+    for name, data in foreign.items():
+        (disk / name).write_bytes(data)
+    settings = _cache_settings(tmp_path, max_bytes=0, disk_dir=disk, disk_max_bytes=2500)
+    cache = AudioCache(settings)
+    await cache.start()
+    own = disk / DISK_SUBDIR
+    # Look-alikes of the cache's names inside its own folder, planted after it was created, are not its either.
+    planted = {name: f"not yours: {name}".encode() for name in ("foo.audio", ".tmp-x", ".tmp-" + "g" * 32,
+                                                                  "A" * 64 + ".audio", "0" * 63 + ".audio")}
+    for name, data in planted.items():
+        (own / name).write_bytes(data)
+    calls, produce = _counting(lambda i: _entry(1000, i))
+    for i in range(6):  # well past the cap: eviction runs
+        key = cache.key(text=f"t{i}", voice="v", emotion="e", speed=1.0, fmt="wav", sample_rate=16000)
+        await cache.get_or_create(key, produce(i))
+    assert calls == list(range(6))
+    assert 0 < len([p for p in own.glob("*.audio") if p.name not in planted]) <= 2
+    # A restart with a cap of nothing evicts everything the cache owns, and nothing else.
+    await AudioCache(_cache_settings(tmp_path, max_bytes=0, disk_dir=disk, disk_max_bytes=0)).start()
+    assert {p.name: p.read_bytes() for p in disk.iterdir() if p.is_file()} == foreign
+    assert {p.name: p.read_bytes() for p in own.iterdir() if p.name in planted} == planted
+    assert not [p for p in own.glob("*.audio") if p.name not in planted]
+
+
+async def test_disk_cache_refuses_a_folder_it_did_not_create(tmp_path: Path) -> None:
+    disk = tmp_path / "shared-dir"
+    (disk / DISK_SUBDIR).mkdir(parents=True)
+    victim = disk / DISK_SUBDIR / ("1" * 64 + ".audio")
+    victim.write_bytes(b"someone else's")
+    cache = AudioCache(_cache_settings(tmp_path, max_bytes=0, disk_dir=disk, disk_max_bytes=0))
+    with pytest.raises(CacheDirError, match=DISK_SUBDIR):
+        await cache.start()
+    assert victim.read_bytes() == b"someone else's"
+
+
 def test_revision_follows_model_files(tmp_path: Path) -> None:
     model = tmp_path / "model"
     model.mkdir()
     weights = model / "weights.pth"
     weights.write_bytes(b"a" * 10)
-    settings = load_settings(None, model={"model_dir": model, "cache_dir": tmp_path / "c"})
+    settings = load_settings(None, model={"model_dir": model, "download_dir": tmp_path / "c"})
     before = model_revision(settings)
     assert model_revision(settings) == before
     weights.write_bytes(b"b" * 11)
     os.utime(weights, ns=(1, 1))
     assert model_revision(settings) != before
-    assert model_revision(load_settings(None, model={"model_dir": model, "cache_dir": tmp_path / "c"},
+    assert model_revision(load_settings(None, model={"model_dir": model, "download_dir": tmp_path / "c"},
                                         cache={"revision": "2"})) != model_revision(settings)
 
 
-@pytest.mark.parametrize("speed", [1.0, 1.0000001])
-def test_key_digest_distinguishes_every_field(tmp_path: Path, speed: float) -> None:
+def test_key_digest_distinguishes_every_field(tmp_path: Path) -> None:
     cache = AudioCache(_cache_settings(tmp_path))
-    base = dict(text="a", voice="v", emotion="e", speed=1.0, fmt="wav", sample_rate=16000)
-    digests = {cache.key(**base).digest()}  # type: ignore[arg-type]
-    for field, value in (("text", "b"), ("voice", "w"), ("emotion", "f"), ("fmt", "pcm"), ("sample_rate", 8000)):
-        digests.add(cache.key(**{**base, field: value}).digest())  # type: ignore[arg-type]
-    assert len(digests) == 6
-    same = cache.key(**{**base, "speed": speed}).digest() == cache.key(**base).digest()  # type: ignore[arg-type]
-    assert same is (speed == 1.0)
+    base: dict[str, Any] = dict(text="a", voice="v", emotion="e", speed=1.0, fmt="wav", sample_rate=16000)
+    changes = [("text", "b"), ("text", "a "), ("text", "a\n"), ("text", "\u00e9"), ("text", "e\u0301"),
+               ("text", "\ud800"), ("text", "\udfff"), ("voice", "w"), ("emotion", "f"), ("speed", 1.0000001),
+               ("speed", 1.5), ("fmt", "pcm"), ("sample_rate", 8000)]
+    digests = [cache.key(**base).digest()] + [cache.key(**{**base, f: v}).digest() for f, v in changes]
+    assert len(set(digests)) == len(digests)
+    assert AudioCache(_cache_settings(tmp_path, revision="2")).key(**base).digest() not in digests
+    # What a restart relies on: another instance derives the same digest for an equal request (an int speed too).
+    assert AudioCache(_cache_settings(tmp_path)).key(**{**base, "speed": 1}).digest() == digests[0]

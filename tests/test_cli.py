@@ -16,7 +16,7 @@ from tts_server.cli import main
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     path = tmp_path / "tts.toml"
-    path.write_text(f'[engine]\nname = "{TONE_ENGINE}"\n[model]\ncache_dir = "{tmp_path / "cache"}"\n')
+    path.write_text(f'[engine]\nname = "{TONE_ENGINE}"\n[model]\ndownload_dir = "{tmp_path / "cache"}"\n')
     return path
 
 

@@ -23,17 +23,17 @@ def test_defaults() -> None:
 def test_example_config_loads() -> None:
     s = load_settings(REPO / "config.example.toml")
     assert s.server.port == 8000
-    assert s.model.cache_dir.is_absolute()  # ~ expanded
+    assert s.model.download_dir.is_absolute()  # ~ expanded
 
 
 def test_env_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tmp_path / "c.toml"
-    cfg.write_text("[pool]\nworkers = 3\nqueue_size = 7\n[model]\ncache_dir = '/tmp/x'\n")
+    cfg.write_text("[pool]\nworkers = 3\nqueue_size = 7\n[model]\ndownload_dir = '/tmp/x'\n")
     monkeypatch.setenv("TTS_POOL__WORKERS", "5")
     s = load_settings(cfg)
     assert s.pool.workers == 5
     assert s.pool.queue_size == 7
-    assert s.model.cache_dir == Path("/tmp/x")
+    assert s.model.download_dir == Path("/tmp/x")
 
 
 def test_explicit_overrides_win(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -49,6 +49,8 @@ def test_explicit_overrides_win(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         ("[pool]\nworkers = 0\n", "'pool.workers'"),
         ("[limits]\nmax_text_chars = 'many'\n", "'limits.max_text_chars'"),
         ("[pool\n", "not valid TOML"),
+        # Renamed to model.download_dir, so it is not mistaken for the audio cache (cache.disk_dir).
+        ("[model]\ncache_dir = '/tmp/x'\n", "unknown key 'model.cache_dir'"),
     ],
 )
 def test_bad_files_name_the_key(tmp_path: Path, content: str, needle: str) -> None:

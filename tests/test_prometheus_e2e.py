@@ -151,7 +151,7 @@ restart_backoff_s = 0.1
 kill_grace_s = 1
 
 [model]
-cache_dir = "{cache}"
+download_dir = "{cache}"
 
 [engine]
 name = "{TONE_ENGINE}"

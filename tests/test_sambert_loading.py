@@ -235,7 +235,7 @@ def test_highest_checkpoint_wins(model_dir: Path, tmp_path: Path) -> None:
 
 def test_download_without_modelscope(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "modelscope", None)
-    settings = load_settings(model={"model_dir": None, "cache_dir": str(tmp_path / "cache")})
+    settings = load_settings(model={"model_dir": None, "download_dir": str(tmp_path / "cache")})
     with pytest.raises(EngineLoadError) as info:
         load_sambert_engine(settings)
     message = str(info.value)
@@ -253,7 +253,7 @@ def test_download_failure_is_reported(tmp_path: Path, monkeypatch: pytest.Monkey
     fake = types.ModuleType("modelscope")
     fake.snapshot_download = snapshot_download  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "modelscope", fake)
-    settings = load_settings(model={"cache_dir": str(tmp_path / "cache")})
+    settings = load_settings(model={"download_dir": str(tmp_path / "cache")})
     with pytest.raises(EngineLoadError) as info:
         load_sambert_engine(settings)
     message = str(info.value)
@@ -274,7 +274,7 @@ def test_download_success_uses_snapshot(pristine: Path, tmp_path: Path, monkeypa
     fake = types.ModuleType("modelscope")
     fake.snapshot_download = snapshot_download  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "modelscope", fake)
-    engine = load_sambert_engine(load_settings(model={"model_id": "org/model", "cache_dir": str(tmp_path)}))
+    engine = load_sambert_engine(load_settings(model={"model_id": "org/model", "download_dir": str(tmp_path)}))
     assert list(engine.voices()) == [VOICE]
     assert seen == {"model_id": "org/model", "cache_dir": str(tmp_path)}
 

@@ -92,7 +92,7 @@ async def serve(tmp_path: Path, *, pool: dict[str, Any] | None = None, server: d
     server_cfg.update(server or {})
     config = tmp_path / f"{name}.toml"
     config.write_text(toml_text({"server": server_cfg, "pool": pool_cfg, "engine": {"name": TONE_ENGINE},
-                             "model": {"cache_dir": str(tmp_path / "cache")}}), encoding="utf-8")
+                             "model": {"download_dir": str(tmp_path / "cache")}}), encoding="utf-8")
     engine_log = tmp_path / f"{name}-engine.log"
     output = tmp_path / f"{name}.out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TTS_")}

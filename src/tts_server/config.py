@@ -78,7 +78,8 @@ class ModelSettings(_Section):
     model_id: str = DEFAULT_MODEL_ID
     #: A local model directory in the published layout; when set, nothing is downloaded.
     model_dir: Path | None = None
-    cache_dir: Path = Path.home() / ".cache" / "tts-server"
+    #: Where models named by ``model_id`` are downloaded (not the audio cache, see ``cache.disk_dir``).
+    download_dir: Path = Path.home() / ".cache" / "tts-server"
     #: Voices to load (empty = all voices in voices/voices.json).
     voices: tuple[str, ...] = ()
     #: torch intra-op threads per worker process.
@@ -88,7 +89,7 @@ class ModelSettings(_Section):
     #: deviation from fp32. Falls back to fp32, with a warning, where the CPU has no native bf16.
     vocoder_precision: Literal["fp32", "bf16"] = "fp32"
 
-    @field_validator("model_dir", "cache_dir")
+    @field_validator("model_dir", "download_dir")
     @classmethod
     def _expand_home(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
@@ -176,12 +177,13 @@ class CorsSettings(_Section):
 
 
 class CacheSettings(_Section):
-    """Audio cache for identical requests (same normalised text, voice, emotion, speed, format, rate, model)."""
+    """Audio cache for identical requests (same exact text, voice, emotion, speed, format, rate, model)."""
 
     enabled: bool = False
     #: In-memory LRU bound, in bytes of encoded audio.
     max_bytes: int = Field(64 * 1024 * 1024, ge=0)
-    #: Optional second level on disk; None keeps everything in memory and writes no file.
+    #: Optional second level on disk, in a subdirectory ``tts-audio-cache`` the cache creates, marks and owns (so
+    #: it never deletes other files here); None keeps everything in memory and writes no file.
     disk_dir: Path | None = None
     #: Disk bound, in bytes; the least recently used files are deleted beyond it.
     disk_max_bytes: int = Field(1024 * 1024 * 1024, ge=0)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Annotated, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from tts_server.inference.engine import InputFormat
 
@@ -17,6 +17,23 @@ _INPUT_FORMAT_DOC: Final = ("How to read the text: plain `text` (markup is read 
                             "XML prolog optional) or KAN-TTS `symbols`.")
 
 
+def _speech_text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    # JSON escapes can smuggle in lone surrogates (``"\ud800"``): not characters at all, so nothing downstream
+    # (UTF-8 encoding for the cache key, the frontend, logs) can handle them. Reject them here, with a 422.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"contains an unpaired surrogate (U+{ord(value[exc.start]):04X}) at position "
+                         f"{exc.start}; send valid Unicode text") from None
+    return value
+
+
+#: Text to synthesise, for every route that takes some: not blank, and only Unicode scalar values.
+SpeechText = Annotated[str, AfterValidator(_speech_text)]
+
+
 class SynthesizeRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -26,8 +43,8 @@ class SynthesizeRequest(BaseModel):
         },
     )
 
-    text: str = Field(..., description="Text to speak: plain Chinese text, SSML or KAN-TTS symbols, as "
-                                       "`input_format` says.")
+    text: SpeechText = Field(..., description="Text to speak: plain Chinese text, SSML or KAN-TTS symbols, as "
+                                              "`input_format` says.")
     input_format: InputFormat = Field("text", description=_INPUT_FORMAT_DOC)
     voice: str | None = Field(None, description="Voice name from GET /v1/voices; the default voice when omitted.")
     emotion: str | None = Field(None, description="One of the voice's emotions; the voice's default when omitted.")
@@ -39,13 +56,6 @@ class SynthesizeRequest(BaseModel):
         ge=8000, le=48000,
     )
     stream: bool = Field(False, description="Send audio sentence by sentence as it is synthesised (chunked).")
-
-    @field_validator("text")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("text must not be empty")
-        return value
 
 
 OPENAI_SPEED_MIN: Final = 0.25
@@ -69,7 +79,7 @@ class SpeechRequest(BaseModel):
     )
 
     model: str = Field(..., description="A model id from GET /v1/models (OpenAI names are aliases).")
-    input: str = Field(..., description="Text to speak; at most `limits.max_text_chars` characters.")
+    input: SpeechText = Field(..., description="Text to speak; at most `limits.max_text_chars` characters.")
     voice: str | VoiceRef = Field(..., description="One of our voices, or an OpenAI voice name (mapped to the "
                                                    "default voice, see X-Voice-Mapped).")
     instructions: str | None = Field(None, max_length=4096, description="Emotion words are mapped to the voice's "
@@ -83,13 +93,6 @@ class SpeechRequest(BaseModel):
     emotion: str | None = Field(None, description="Extension: one of the voice's emotions (wins over "
                                                   "instructions).")
     input_format: InputFormat = Field("text", description="Extension: " + _INPUT_FORMAT_DOC)
-
-    @field_validator("input")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("input must not be empty")
-        return value
 
 
 class ModelObject(BaseModel):

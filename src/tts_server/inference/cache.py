@@ -4,9 +4,14 @@ Two levels, both bounded in bytes with least-recently-used eviction: memory, and
 (so a restart keeps the cache warm). Identical requests that arrive while the first is still being synthesised
 wait for that one synthesis instead of starting their own.
 
-Disk entries are written to a temporary name and renamed into place, so a crash never leaves a half-written entry
-under a real name; leftovers of such crashes are deleted at startup. Nothing is written when the cache is off or
-has no ``disk_dir``.
+The text in the key is exactly the text the engine receives, with no normalisation: whitespace, newlines
+(sentence breaks for the frontend) and Unicode forms can all change the audio, so the cache must never merge them.
+
+On disk the cache lives in a subdirectory of ``cache.disk_dir`` that it created and marked as its own, and it only
+ever deletes names it writes itself (``<sha256>.audio`` and ``.tmp-<uuid>``), so pointing ``disk_dir`` at a shared
+folder cannot cost anyone their files. Entries are written to a temporary name and renamed into place, so a crash
+never leaves a half-written entry under a real name; leftovers of such crashes are deleted at startup. Nothing is
+written when the cache is off or has no ``disk_dir``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ import json
 import logging
 import os
 import re
-import unicodedata
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,19 +34,20 @@ from tts_server.config import Settings
 
 log = logging.getLogger("tts_server.cache")
 
-_SPACES = re.compile(r"\s+")
 _SUFFIX: Final = ".audio"
 _TMP_PREFIX: Final = ".tmp-"
 _MAGIC: Final = b"TTSC1\n"
+#: The subdirectory of ``cache.disk_dir`` the cache owns, and the file that proves it created it.
+DISK_SUBDIR: Final = "tts-audio-cache"
+_MARKER: Final = ".tts-server-audio-cache"
+_MARKER_TEXT: Final = (b"Created by tts-server for its audio cache (cache.disk_dir). tts-server deletes files named "
+                       b"<sha256>.audio and .tmp-<uuid> here.\n")
+_ENTRY_NAME = re.compile(r"([0-9a-f]{64})\.audio")
+_TMP_NAME = re.compile(r"\.tmp-[0-9a-f]{32}")
 
 
-def normalize_text(text: str) -> str:
-    """The form of the text that is synthesised and cached: NFC, trimmed, whitespace runs as one space.
-
-    Only transformations that cannot change what is spoken: two requests share an entry only if they would
-    have produced the same audio anyway, because this is also the text the engine receives.
-    """
-    return _SPACES.sub(" ", unicodedata.normalize("NFC", text)).strip()
+class CacheDirError(RuntimeError):
+    """The cache's disk directory exists but was not created by the cache: it refuses to delete anything there."""
 
 
 def model_revision(settings: Settings) -> str:
@@ -73,7 +78,8 @@ class CacheKey:
     def digest(self) -> str:
         fields = [self.text, self.input_format, self.voice, self.emotion, repr(float(self.speed)), self.format,
                   self.sample_rate, self.revision]
-        return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()
+        # ASCII escapes: any Python str hashes, even one no request validator should have let through.
+        return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -134,8 +140,8 @@ class _MemoryLRU:
 
 
 class _DiskLRU:
-    """Files ``<digest>.audio`` in one directory. The index lives in memory and is rebuilt from the directory
-    at startup; only the event loop thread touches it, file I/O runs in threads."""
+    """Files ``<digest>.audio`` in a directory the cache owns (see ``_claim``). The index lives in memory and is
+    rebuilt from the directory at startup; only the event loop thread touches it, file I/O runs in threads."""
 
     def __init__(self, directory: Path, max_bytes: int) -> None:
         self.directory = directory
@@ -148,21 +154,33 @@ class _DiskLRU:
 
     def scan(self) -> None:
         """Rebuild the index (oldest access first), delete interrupted writes and enforce the cap."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self._claim()
         found: list[tuple[float, str, int]] = []
         for entry in os.scandir(self.directory):
-            if entry.name.startswith(_TMP_PREFIX):
+            # Only names this class writes; anything else (even ``x.audio``) belongs to someone else.
+            if _TMP_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
-            elif entry.name.endswith(_SUFFIX) and entry.is_file():
-                st = entry.stat()
-                found.append((st.st_mtime, entry.name[: -len(_SUFFIX)], st.st_size))
+            elif (m := _ENTRY_NAME.fullmatch(entry.name)) and entry.is_file(follow_symlinks=False):
+                st = entry.stat(follow_symlinks=False)
+                found.append((st.st_mtime, m.group(1), st.st_size))
         for _, digest, size in sorted(found):
             self._sizes[digest] = size
             self.bytes += size
         for path in self._evict():
             with contextlib.suppress(OSError):
                 path.unlink()
+
+    def _claim(self) -> None:
+        """Create the directory with its marker, or check the marker of an existing one (an empty one, e.g. a
+        volume mounted there, is adopted)."""
+        marker = self.directory / _MARKER
+        if self.directory.is_dir() and not marker.is_file() and any(self.directory.iterdir()):
+            raise CacheDirError(f"{self.directory} exists but was not created by tts-server's audio cache (no "
+                                f"{_MARKER} file in it); move it away or set another cache.disk_dir")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if not marker.is_file():
+            marker.write_bytes(_MARKER_TEXT)
 
     def _path(self, digest: str) -> Path:
         return self.directory / f"{digest}{_SUFFIX}"
@@ -223,7 +241,7 @@ def _read_and_touch(path: Path) -> bytes:
 
 
 def _write_atomic(directory: Path, path: Path, raw: bytes) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
+    # No mkdir: a directory removed under a running server is recreated (with its marker) by the next start only.
     tmp = directory / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
     try:
         with open(tmp, "wb") as fh:
@@ -258,7 +276,8 @@ class AudioCache:
         cfg = settings.cache
         self.revision = model_revision(settings)
         self._memory = _MemoryLRU(cfg.max_bytes)
-        self._disk = _DiskLRU(cfg.disk_dir, cfg.disk_max_bytes) if cfg.disk_dir is not None else None
+        self._disk = (_DiskLRU(cfg.disk_dir / DISK_SUBDIR, cfg.disk_max_bytes) if cfg.disk_dir is not None
+                      else None)
         self._flights: dict[str, _Flight] = {}
         self._on_lookup = on_lookup
 
@@ -268,10 +287,9 @@ class AudioCache:
             log.info("audio cache on disk: %d entries, %d bytes in %s", len(self._disk), self._disk.bytes,
                      self._disk.directory)
 
-    def key(self, *, text: str, voice: str, emotion: str, speed: float, fmt: str, input_format: str = "text",
-            sample_rate: int) -> CacheKey:
-        return CacheKey(normalize_text(text), input_format, voice, emotion, float(speed), fmt, sample_rate,
-                        self.revision)
+    def key(self, *, text: str, voice: str, emotion: str, speed: float, fmt: str, sample_rate: int,
+            input_format: str = "text") -> CacheKey:
+        return CacheKey(text, input_format, voice, emotion, float(speed), fmt, sample_rate, self.revision)
 
     @property
     def memory_bytes(self) -> int:

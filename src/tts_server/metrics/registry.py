@@ -94,10 +94,12 @@ class _PoolCollector(Collector):
             for reason in RESTART_REASONS:
                 restarts.add_metric([reason], stats.restarts.get(reason, 0))
         yield from (depth, capacity, in_progress, workers, loaded, load_s, rss, cpu, restarts)
-        free = GaugeMetricFamily("tts_cache_dir_free_bytes", "Free disk space where models are cached.")
-        cache_dir = self._settings.model.cache_dir
+        # The name predates the setting's rename to model.download_dir; kept so dashboards and alerts keep working.
+        free = GaugeMetricFamily("tts_cache_dir_free_bytes",
+                                 "Free disk space where models are downloaded (model.download_dir).")
+        download_dir = self._settings.model.download_dir
         with contextlib.suppress(OSError):
-            free.add_metric([], shutil.disk_usage(_existing_parent(cache_dir)).free)
+            free.add_metric([], shutil.disk_usage(_existing_parent(download_dir)).free)
         yield free
 
 

@@ -306,7 +306,7 @@ def load_sambert_engine(settings: Settings) -> SambertEngine:
     """Build the engine from ``settings.model``: local ``model_dir`` or ``model_id`` downloaded into the cache."""
     cfg = settings.model
     torch.set_num_threads(cfg.torch_threads)
-    model_dir = resolve_model_dir(cfg.model_dir, cfg.model_id, cfg.cache_dir)
+    model_dir = resolve_model_dir(cfg.model_dir, cfg.model_id, cfg.download_dir)
     voices = load_voices(model_dir, cfg.voices)
     if cfg.vocoder_precision == "bf16":
         for voice in voices:

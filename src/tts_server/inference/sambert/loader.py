@@ -41,7 +41,7 @@ class VoiceFiles:
     dict_dir: Path
 
 
-def resolve_model_dir(model_dir: Path | None, model_id: str, cache_dir: Path) -> Path:
+def resolve_model_dir(model_dir: Path | None, model_id: str, download_dir: Path) -> Path:
     """Return a local model directory: ``model_dir`` as given, or ``model_id`` fetched through ModelScope."""
     if model_dir is not None:
         path = Path(model_dir).expanduser()
@@ -55,13 +55,13 @@ def resolve_model_dir(model_dir: Path | None, model_id: str, cache_dir: Path) ->
             f"model.model_dir is not set and model {model_id!r} cannot be downloaded: the optional package "
             f"'modelscope' is not installed ({exc}). Either set model.model_dir (TTS_MODEL__MODEL_DIR) to a local "
             f"copy of the model in the published layout, or install modelscope and pre-download it with "
-            f"modelscope.snapshot_download({model_id!r}, cache_dir={str(cache_dir)!r})."
+            f"modelscope.snapshot_download({model_id!r}, cache_dir={str(download_dir)!r})."
         ) from exc
     try:
-        downloaded = snapshot_download(model_id, cache_dir=str(cache_dir))
+        downloaded = snapshot_download(model_id, cache_dir=str(download_dir))
     except Exception as exc:  # the hub client raises many unrelated types (network, auth, disk)
         raise EngineLoadError(
-            f"downloading model {model_id!r} into {cache_dir} with modelscope.snapshot_download failed: "
+            f"downloading model {model_id!r} into {download_dir} with modelscope.snapshot_download failed: "
             f"{type(exc).__name__}: {exc}. If this machine is offline, pre-download the model elsewhere and set "
             f"model.model_dir (TTS_MODEL__MODEL_DIR) to it."
         ) from exc
