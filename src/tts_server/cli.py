@@ -89,7 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _voices(args: argparse.Namespace) -> int:
-    from tts_server.inference.engine import load_engine
+    from tts_server.inference.loading import load_engine
 
     engine = load_engine(_settings(args))
     for voice in engine.voices().values():
@@ -101,7 +101,8 @@ def _voices(args: argparse.Namespace) -> int:
 
 def _synth(args: argparse.Namespace) -> int:
     from tts_server.inference.audio import FORMATS, encode
-    from tts_server.inference.engine import EngineError, load_engine
+    from tts_server.inference.engine import EngineError
+    from tts_server.inference.loading import load_engine
 
     engine = load_engine(_settings(args))
     voices = engine.voices()

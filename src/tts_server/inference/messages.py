@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from tts_server.inference.engine import VoiceInfo
+from tts_server.inference.engine import InputFormat, VoiceInfo
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,8 @@ class Job:
     deadline: float
     #: Send one ``Chunk`` per sentence as it is ready instead of one audio array in the ``Result``.
     stream: bool = False
+    #: How the engine must read ``text`` (declared by the client, never guessed from the content).
+    input_format: InputFormat = "text"
 
 
 @dataclass(frozen=True)
