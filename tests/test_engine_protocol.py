@@ -82,3 +82,18 @@ def test_worker_passes_input_format_to_the_engine(engine_log: Path, stream: bool
         child.close()
     assert [text for _, text in read_log(engine_log)] == [f"ssml\t{doc}", doc, "ssml\t<speak>你好"]
 
+
+
+def test_cli_synth_input_format(engine_log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tts_server.cli import main
+
+    config = tmp_path / "config.toml"
+    config.write_text(f'[engine]\nname = "{TONE_ENGINE}"\n[model]\ncache_dir = "{tmp_path / "cache"}"\n')
+    out = tmp_path / "out.wav"
+    base = ["-o", str(out), "--config", str(config)]
+    assert main(["synth", "<speak>你好</speak>", *base, "--input-format", "ssml"]) == 0
+    assert main(["synth", "<speak>你好", *base, "--input-format", "ssml"]) == 2
+    assert "invalid SSML" in capsys.readouterr().err
+    assert main(["synth", "<speak>你好</speak>", *base]) == 0
+    jobs = [text for _, text in read_log(engine_log) if text != "warm up"]
+    assert jobs == ["ssml\t<speak>你好</speak>", "ssml\t<speak>你好", "<speak>你好</speak>"]

@@ -149,7 +149,7 @@ def test_cli_synth_writes_16k_mono_wav(
     monkeypatch.setenv("TTS_MODEL__MODEL_DIR", str(MODEL_DIR))
     out = tmp_path / "out.wav"
     symbols = str(cases["hao_angry_one_syllable/symbols"])
-    assert main(["synth", symbols, "-o", str(out), "--emotion", "angry"]) == 0
+    assert main(["synth", symbols, "-o", str(out), "--emotion", "angry", "--input-format", "symbols"]) == 0
     info = sf.info(str(out))
     assert info.samplerate == 16000
     assert info.channels == 1
