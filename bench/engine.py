@@ -73,7 +73,7 @@ def measure(engine: SambertEngine, symbols: str, text: str | None, threads: list
         for i in range(repeats + 1):
             timings: dict[str, float] = {}
             start = time.perf_counter()
-            sentences = engine._sentences(voice, source, emotion)
+            sentences = engine._sentences(voice, source, emotion, "text" if text is not None else "symbols")
             encoded = [voice.unit.encode_tokens(s.tokens) for s in sentences]
             timings["frontend"] = time.perf_counter() - start
             samples_out = 0

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sys.path[:0] = [str(REPO), str(REPO / "src")]
     from tts_server.config import load_settings
-    from tts_server.inference.engine import load_engine
+    from tts_server.inference.loading import load_engine
 
     model: dict[str, Any] = {"torch_threads": args.threads}
     if args.model_dir:

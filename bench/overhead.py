@@ -35,7 +35,7 @@ from bench.harness import (  # noqa: E402
 
 def _direct_engine(engine: EngineChoice) -> Any:
     from tts_server.config import load_settings
-    from tts_server.inference.engine import load_engine
+    from tts_server.inference.loading import load_engine
 
     model = {k: v for k, v in engine.settings["model"].items()}
     loaded = load_engine(load_settings(None, engine=engine.settings["engine"], model=model))

@@ -7,7 +7,11 @@ Directives in the text steer the fault cases, e.g. ``"[sleep=0.5] 你好"``:
 - ``exit``: the worker process dies abruptly (os._exit) on its first attempt at this job;
 - ``leak=MB``: keep MB megabytes alive forever (memory growth).
 Every job that runs appends ``pid<TAB>text`` (text backslash-escaped) to the file named by ``TTS_TEST_ENGINE_LOG``
-(if set), so tests can check what ran and where.
+(if set), so tests can check what ran and where; a job whose ``input_format`` is not ``text`` logs
+``pid<TAB>format<TAB>text``.
+``input_format="ssml"`` must be a well-formed ``<speak>`` document (no DTD) and speaks its text content;
+``input_format="symbols"`` must be ``{...}`` tokens. Otherwise the engine refuses it as a client error, like the
+real engine.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ import re
 import time
 from collections.abc import Iterator, Mapping
 
+import defusedxml
+import defusedxml.ElementTree as SafeET
 import numpy as np
 
 from tts_server.config import Settings
-from tts_server.inference.engine import EngineError, Synthesis, VoiceInfo
+from tts_server.inference.engine import INPUT_FORMATS, EngineError, InputFormat, Synthesis, VoiceInfo
 
 SAMPLE_RATE = 16000
 #: Seconds of audio per character at speed 1.0.
@@ -49,8 +55,10 @@ class ToneEngine:
         self.synthesize("warm up", "alpha", "neutral", 1.0)
         self.warmed = True
 
-    def synthesize(self, text: str, voice: str, emotion: str, speed: float) -> Synthesis:
-        pieces = list(self.synthesize_stream(text, voice, emotion, speed))
+    def synthesize(
+        self, text: str, voice: str, emotion: str, speed: float, *, input_format: InputFormat = "text"
+    ) -> Synthesis:
+        pieces = list(self.synthesize_stream(text, voice, emotion, speed, input_format=input_format))
         audio = np.concatenate([p.audio for p in pieces]).astype(np.float32)
         stages: dict[str, float] = {}
         for p in pieces:
@@ -58,12 +66,20 @@ class ToneEngine:
                 stages[k] = stages.get(k, 0.0) + v
         return Synthesis(audio, SAMPLE_RATE, stages)
 
-    def synthesize_stream(self, text: str, voice: str, emotion: str, speed: float) -> Iterator[Synthesis]:
+    def synthesize_stream(
+        self, text: str, voice: str, emotion: str, speed: float, *, input_format: InputFormat = "text"
+    ) -> Iterator[Synthesis]:
+        if input_format not in INPUT_FORMATS:
+            raise EngineError(f"unknown input_format {input_format!r}", param="input_format")
         if voice not in VOICES:
             raise EngineError(f"unknown voice {voice!r}", param="voice")
         if emotion not in VOICES[voice].emotions:
             raise EngineError(f"unknown emotion {emotion!r}", param="emotion")
-        self._log(text)
+        self._log(text if input_format == "text" else f"{input_format}\t{text}")
+        if input_format == "ssml":
+            text = _ssml_text(text)
+        elif input_format == "symbols" and not text.lstrip().startswith("{"):
+            raise EngineError("not a symbol string", param="text")
         directives = dict(_DIRECTIVE.findall(text))
         if "exit" in directives and self.warmed:
             marker = os.environ.get("TTS_TEST_ENGINE_LOG", "") + ".exited"
@@ -98,6 +114,16 @@ class ToneEngine:
             with open(path, "a", encoding="utf-8") as fh:
                 # Escaped, so a text's own line breaks cannot split its log line (``read_log`` undoes it).
                 fh.write(f"{os.getpid()}\t{text.encode('unicode_escape').decode('ascii')}\n")
+
+
+def _ssml_text(document: str) -> str:
+    try:
+        root = SafeET.fromstring(document, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except (defusedxml.DefusedXmlException, SafeET.ParseError) as exc:
+        raise EngineError(f"invalid SSML: {type(exc).__name__}", param="text") from None
+    if root.tag.rsplit("}", 1)[-1] != "speak":
+        raise EngineError("invalid SSML: the root element must be <speak>", param="text")
+    return "".join(root.itertext())
 
 
 def tone_engine(settings: Settings) -> ToneEngine:

@@ -9,6 +9,7 @@ from tts_server.inference.frontend.normalize import (
     NUMBER_OPEN,
     WORD_SEP,
     Reading,
+    group_reading,
     normalize,
     read_cardinal,
     read_decimal,
@@ -186,3 +187,20 @@ def test_say_as(text: str, kind: str, expected: str) -> None:
 def test_say_as_rejects(text: str, kind: str) -> None:
     with pytest.raises(ValueError, match=r"\w"):
         say_as(text, kind)
+
+
+@pytest.mark.parametrize(
+    ("reading", "words"),
+    [
+        ("一百二十三万四千五百六十七", ["一百二十三万", "四千五百六十七"]),
+        # A cardinal with 万/亿 but no 十/百/千 is cut at 万 and 亿 too, never in fours (三亿零三 | 万 was read
+        # with 万 glued to the next word).
+        ("三亿零三万", ["三亿", "零三万"]),
+        ("三万", ["三万"]),
+        ("幺三八幺二三四五六七八", ["幺三八幺", "二三四五", "六七八"]),
+        ("三点一四一五九", ["三点一四", "一五九"]),
+        ("", []),
+    ],
+)
+def test_group_reading(reading: str, words: list[str]) -> None:
+    assert group_reading(reading) == words

@@ -92,6 +92,8 @@ def test_readings(frontend: Frontend, text: str, pinyin: str) -> None:
         ("你好 世界", "ni2 hao3 #2 shi4 jie4 #4"),
         ("“你好”世界", "ni2 hao3 #1 shi4 jie4 #4"),
         ("好的😀谢谢", "hao3 #1 de5 #1 xie4 xie5 #4"),  # emoji not spoken
+        # A number is cut into words at 万 and 亿; 万 stays with its digits, not with the next word.
+        ("共300030000人", "gong4 #1 san1 yi4 #1 ling2 san1 wan4 ren2 #4"),
     ],
 )
 def test_breaks(frontend: Frontend, text: str, expected: str) -> None:

@@ -95,16 +95,28 @@ def test_overlong_single_word_is_split_not_dropped(frontend: Frontend) -> None:
     assert [syllable_count(u) for u in utts] == [60, 60, 30]
 
 
+def run_linear(frontend: Frontend, text: str) -> list[Utterance]:
+    """``run``, checking that the time grows about linearly with the length: ten times the text may take at most
+    forty times as long as its first tenth (a quadratic path or regex backtracking takes ~100x). A ratio, not a
+    wall-clock bound, so that a loaded machine slows both measurements alike; the constant absorbs a scheduler
+    hiccup in the long run."""
+    start = time.perf_counter()
+    run(frontend, text[: len(text) // 10])
+    small = time.perf_counter() - start
+    start = time.perf_counter()
+    utts = run(frontend, text)
+    big = time.perf_counter() - start
+    assert big < 40 * small + 0.5, f"{len(text)} chars took {big:.2f}s, a tenth of them {small:.3f}s"
+    return utts
+
+
 def test_ten_thousand_characters(frontend: Frontend) -> None:
     base = "今天的天气非常好，我们一起去公园散步、看花，然后回家吃饭。"
     text = (base * (10_000 // len(base) + 1))[:10_000]
     hanzi = sum(1 for ch in text if "\u4e00" <= ch <= "\u9fff")
-    start = time.perf_counter()
-    utts = run(frontend, text)
-    elapsed = time.perf_counter() - start
+    utts = run_linear(frontend, text)
     assert sum(syllable_count(u) for u in utts) == hanzi  # nothing lost
     assert all(syllable_count(u) <= 60 for u in utts)
-    assert elapsed < 5.0
 
 
 def test_ten_thousand_characters_without_punctuation(frontend: Frontend) -> None:
@@ -119,9 +131,7 @@ def test_ten_thousand_characters_without_punctuation(frontend: Frontend) -> None
 )
 def test_pathological_ten_thousand_character_inputs_stay_fast(frontend: Frontend, unit: str) -> None:
     text = (unit * (10_000 // len(unit) + 1))[:10_000]
-    start = time.perf_counter()
-    utts = run(frontend, text)
-    assert time.perf_counter() - start < 3.0
+    utts = run_linear(frontend, text)
     for utt in utts:
         assert_valid(utt)
 
@@ -147,11 +157,13 @@ def test_mixed_input_gives_valid_symbols(frontend: Frontend, text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "   ", "\n\n", "😀😀😀", "。。。！？", "<speak></speak>", "<speak><break time='1s'/></speak>", "🇨🇳"]
-)
-def test_empty_after_normalisation(frontend: Frontend, text: str) -> None:
+    ("text", "ssml"),
+    [("", False), ("   ", False), ("\n\n", False), ("😀😀😀", False), ("。。。！？", False), ("🇨🇳", False),
+     ("<speak></speak>", True), ("<speak><break time='1s'/></speak>", True)],
+)  # fmt: skip
+def test_empty_after_normalisation(frontend: Frontend, text: str, ssml: bool) -> None:
     with pytest.raises(FrontendError) as info:
-        run(frontend, text)
+        run(frontend, text, ssml=ssml)
     assert info.value.param == "text"
     assert "nothing to read aloud" in info.value.public_message
 
@@ -181,7 +193,7 @@ def test_inventory_lacking_a_phone_raises_a_clear_error() -> None:
     with pytest.raises(FrontendError, match="谢"):
         run(frontend, "谢谢")
     with pytest.raises(FrontendError, match="<phoneme"):
-        run(frontend, '<speak><phoneme ph="xie4">谢</phoneme></speak>')
+        run(frontend, '<speak><phoneme ph="xie4">谢</phoneme></speak>', ssml=True)
     assert run(frontend, "你好")
 
 
@@ -208,7 +220,7 @@ _MIXED_ALPHABET = list(
 def test_any_string_gives_symbols_or_a_frontend_error(text: str) -> None:
     frontend = shared_frontend()
     messages: list[str] = []
-    for ssml in (None, False, True):
+    for ssml in (False, True):
         try:
             utts = frontend.process(text, speaker="F7", emotion="neutral", allowed_emotions=EMOTIONS, ssml=ssml)
         except FrontendError as exc:

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from tests.conftest import PARITY_DIR, unavailable
 from tts_server.inference.frontend import Frontend
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-PARITY = SHARED / "reference" / "sambert-parity"
+PARITY = PARITY_DIR
 DICT_DIR = PARITY / "model" / "voices" / "zhitian_emo" / "dict" / "PinYin"
 EMOTIONS = ("neutral", "happy", "sad", "angry", "surprise", "fear")
 
-pytestmark = pytest.mark.skipif(not (PARITY / "cases.npz").exists(), reason="parity set (../shared) not present")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _parity_set() -> None:
+    if not (PARITY / "cases.npz").is_file():
+        unavailable(f"the parity set is not at {PARITY}")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ def frontend() -> Frontend:
     return Frontend()
 
 
-def run(frontend: Frontend, text: str, ssml: bool | None = None) -> list[Utterance]:
+def run(frontend: Frontend, text: str, ssml: bool = True) -> list[Utterance]:
     return frontend.process(text, speaker="F7", emotion="neutral", allowed_emotions=EMOTIONS, ssml=ssml)
 
 
@@ -23,16 +23,20 @@ def emotions_of(utt: Utterance) -> list[str]:
 
 
 def test_plain_speak_equals_plain_text(frontend: Frontend) -> None:
-    assert run(frontend, "<speak>北京今天天气怎么样</speak>") == run(frontend, "北京今天天气怎么样")
+    assert run(frontend, "<speak>北京今天天气怎么样</speak>") == run(frontend, "北京今天天气怎么样", ssml=False)
 
 
-def test_autodetect_and_explicit_flag(frontend: Frontend) -> None:
-    doc = "<speak>你好</speak>"
-    assert run(frontend, doc) == run(frontend, doc, ssml=True)
-    # Told it is plain text, the markup characters are not spoken but the text is.
-    assert frontend.pinyin(doc, ssml=False) == frontend.pinyin("speak 你好 speak", ssml=False)
+def test_text_is_never_parsed_as_ssml(frontend: Frontend) -> None:
+    """Whether the input is SSML is declared, not guessed: the default is plain text, whatever it looks like."""
+    doc = '<speak>你好<break time="1s"/>世界</speak>'
+    as_text = frontend.process(doc, speaker="F7", emotion="neutral", allowed_emotions=EMOTIONS)
+    assert as_text == run(frontend, doc, ssml=False)
+    # Read as text, the markup is letters and punctuation: one sentence, no silence.
+    assert [u.pause_after_s for u in as_text] == [0.0]
+    assert frontend.pinyin("<speak>你好</speak>") == frontend.pinyin("speak 你好 speak")
+    assert [u.pause_after_s for u in run(frontend, doc)] == [1.0, 0.0]
     with pytest.raises(FrontendError, match="not well-formed"):
-        run(frontend, "你好", ssml=True)
+        run(frontend, "你好")
 
 
 def test_namespaced_document_with_xml_declaration(frontend: Frontend) -> None:
@@ -40,7 +44,7 @@ def test_namespaced_document_with_xml_declaration(frontend: Frontend) -> None:
         '<?xml version="1.0" encoding="UTF-8"?>\n<speak version="1.0" xmlns="http://www.w3.org/2001/10/synthesis" '
         'xml:lang="zh-CN">\n  <s>你好</s>\n  <s>世界</s>\n</speak>'
     )
-    assert [u.symbols for u in run(frontend, doc)] == [u.symbols for u in run(frontend, "你好。世界。")]
+    assert [u.symbols for u in run(frontend, doc)] == [u.symbols for u in run(frontend, "你好。世界。", ssml=False)]
 
 
 @pytest.mark.parametrize(
@@ -178,10 +182,29 @@ EXTERNAL_DTD = """<?xml version="1.0"?>
 <speak>你好</speak>"""
 
 
-@pytest.mark.parametrize("doc", [BILLION_LAUGHS, EXTERNAL_ENTITY, EXTERNAL_DTD])
+def _without_prolog(doc: str) -> str:
+    return doc.removeprefix('<?xml version="1.0"?>\n')
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [BILLION_LAUGHS, EXTERNAL_ENTITY, EXTERNAL_DTD,
+     _without_prolog(BILLION_LAUGHS), _without_prolog(EXTERNAL_ENTITY), _without_prolog(EXTERNAL_DTD)],
+)  # fmt: skip
 def test_dtds_and_entities_refused(frontend: Frontend, doc: str) -> None:
-    with pytest.raises(FrontendError, match="not allowed"):
+    with pytest.raises(FrontendError, match="not allowed") as info:
         run(frontend, doc)
+    assert info.value.client_error
+    assert info.value.param == "text"
+
+
+def test_billion_laughs_as_text_is_only_text(frontend: Frontend) -> None:
+    """Declared as text, a DTD is never parsed: entity references are read as the characters they are."""
+    doc = _without_prolog(BILLION_LAUGHS)
+    assert not doc.startswith("<?xml")
+    readings = " ".join(frontend.pinyin(doc))
+    # Each reference is spelled once (l-o-l ...), never expanded: the reading stays the size of the document.
+    assert len(readings.split()) < 10 * len(doc)
 
 
 def test_undefined_entity_is_a_parse_error(frontend: Frontend) -> None:

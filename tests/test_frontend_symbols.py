@@ -6,24 +6,32 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import PARITY_DIR, unavailable
 from tts_server.inference.frontend.symbols import (
     DEFAULT_PHONES,
+    PhoneSetError,
     Syllable,
     SyllableError,
     break_token,
     has_erhua_final,
     load_phone_set,
     parse_pinyin,
+    read_phone_set,
     syllable_phones,
     word_tokens,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-DICT_DIR = SHARED / "reference" / "sambert-parity" / "model" / "voices" / "zhitian_emo" / "dict" / "PinYin"
+DICT_DIR = PARITY_DIR / "model" / "voices" / "zhitian_emo" / "dict" / "PinYin"
 
 
-@pytest.mark.skipif(not (DICT_DIR / "py2phoneMap.txt").exists(), reason="parity set (../shared) not present")
-def test_every_pinyin_in_py2phonemap_maps_to_the_same_phones() -> None:
+@pytest.fixture
+def parity_dict_dir() -> Path:
+    if not (DICT_DIR / "py2phoneMap.txt").is_file():
+        unavailable(f"the parity set is not at {PARITY_DIR}")
+    return DICT_DIR
+
+
+def test_every_pinyin_in_py2phonemap_maps_to_the_same_phones(parity_dict_dir: Path) -> None:
     inventory = load_phone_set(DICT_DIR)
     lines = (DICT_DIR / "py2phoneMap.txt").read_text(encoding="utf-8").splitlines()
     assert len(lines) > 600
@@ -36,9 +44,38 @@ def test_every_pinyin_in_py2phonemap_maps_to_the_same_phones() -> None:
     assert mismatches == []
 
 
-@pytest.mark.skipif(not (DICT_DIR / "PhoneSet.xml").exists(), reason="parity set (../shared) not present")
-def test_default_phones_are_the_published_mandarin_phones() -> None:
+def test_default_phones_are_the_published_mandarin_phones(parity_dict_dir: Path) -> None:
     assert load_phone_set(DICT_DIR) >= DEFAULT_PHONES
+
+
+@pytest.mark.parametrize("namespace", ["", ' xmlns="http://schemas.alibaba-inc.com/tts"'])
+def test_read_phone_set_keeps_file_order(tmp_path: Path, namespace: str) -> None:
+    (tmp_path / "PhoneSet.xml").write_text(
+        f"<phoneSet{namespace}><phone><id>0</id><name> zh_c </name></phone><phone><name>a_c</name></phone>"
+        "<other><name>not_a_phone</name></other></phoneSet>",
+        encoding="utf-8",
+    )
+    assert read_phone_set(tmp_path / "PhoneSet.xml") == ["zh_c", "a_c"]
+    assert load_phone_set(tmp_path) == frozenset({"zh_c", "a_c"})
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "not found"),
+        ("<phoneSet><phone>", "cannot parse"),
+        ("<phoneSet><phone><id>0</id></phone></phoneSet>", "has no <name>"),
+        ("<phoneSet></phoneSet>", "no <phone> entries"),
+        ('<!DOCTYPE p [<!ENTITY x "a_c">]><phoneSet><phone><name>&x;</name></phone></phoneSet>', "cannot parse"),
+    ],
+)
+def test_read_phone_set_errors_name_the_file(tmp_path: Path, content: str | None, message: str) -> None:
+    path = tmp_path / "PhoneSet.xml"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    with pytest.raises(PhoneSetError, match=message) as info:
+        read_phone_set(path)
+    assert str(path) in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,8 @@ import pytest
 
 from tests.tinymodel import HOP, build_tiny_model_dir
 from tts_server.config import load_settings
-from tts_server.inference.engine import Engine, EngineError, load_engine
+from tts_server.inference.engine import Engine, EngineError
+from tts_server.inference.loading import load_engine
 from tts_server.inference.sambert import engine as sambert_engine
 from tts_server.inference.sambert.engine import SambertEngine, load_sambert_engine
 from tts_server.inference.sambert.linguistic import EMOTION_TYPES, SPECIALS
@@ -69,7 +71,9 @@ def test_voice_subset_from_settings(model_dir: Path) -> None:
 
 
 def test_synthesize_symbols(engine: SambertEngine) -> None:
-    result = engine.synthesize(SYMBOLS, "zhiyan_emo", "neutral", 1.0)
+    started = time.perf_counter()
+    result = engine.synthesize(SYMBOLS, "zhiyan_emo", "neutral", 1.0, input_format="symbols")
+    wall = time.perf_counter() - started
     assert result.sample_rate == 16000
     assert result.audio.dtype == np.float32
     assert result.audio.ndim == 1
@@ -78,25 +82,27 @@ def test_synthesize_symbols(engine: SambertEngine) -> None:
     assert np.all(np.abs(result.audio) <= 1.0)
     assert np.any(result.audio != 0)
     assert set(result.stage_seconds) == {"frontend", "acoustic", "vocoder"}
-    assert all(v >= 0 for v in result.stage_seconds.values())
+    # Each stage did real work, and the stages together took no longer than the call.
+    assert all(v > 0 for v in result.stage_seconds.values())
+    assert sum(result.stage_seconds.values()) <= wall
 
 
 def test_synthesis_is_deterministic(engine: SambertEngine) -> None:
-    a = engine.synthesize(SYMBOLS, "zhiyan_emo", "neutral", 1.0).audio
-    b = engine.synthesize(SYMBOLS, "zhiyan_emo", "neutral", 1.0).audio
+    a = engine.synthesize(SYMBOLS, "zhiyan_emo", "neutral", 1.0, input_format="symbols").audio
+    b = engine.synthesize(SYMBOLS, "zhiyan_emo", "neutral", 1.0, input_format="symbols").audio
     np.testing.assert_array_equal(a, b)
 
 
 def test_voices_differ(engine: SambertEngine) -> None:
-    a = engine.synthesize(SYMBOLS, "zhiyan_emo", "neutral", 1.0).audio
-    b = engine.synthesize(SYMBOLS, "zhitian_emo", "neutral", 1.0).audio
+    a = engine.synthesize(SYMBOLS, "zhiyan_emo", "neutral", 1.0, input_format="symbols").audio
+    b = engine.synthesize(SYMBOLS, "zhitian_emo", "neutral", 1.0, input_format="symbols").audio
     assert a.shape != b.shape or not np.array_equal(a, b)
 
 
 def test_speed_scales_length(engine: SambertEngine) -> None:
-    normal = engine.synthesize(SYMBOLS, "zhiyan_emo", "neutral", 1.0).audio.size
-    fast = engine.synthesize(SYMBOLS, "zhiyan_emo", "neutral", 2.0).audio.size
-    slow = engine.synthesize(SYMBOLS, "zhiyan_emo", "neutral", 0.5).audio.size
+    normal = engine.synthesize(SYMBOLS, "zhiyan_emo", "neutral", 1.0, input_format="symbols").audio.size
+    fast = engine.synthesize(SYMBOLS, "zhiyan_emo", "neutral", 2.0, input_format="symbols").audio.size
+    slow = engine.synthesize(SYMBOLS, "zhiyan_emo", "neutral", 0.5, input_format="symbols").audio.size
     assert fast < normal < slow
     # Durations are divided by the speed before rounding: within a frame per token of the exact ratio.
     tokens = len(SYMBOLS.split())
@@ -107,7 +113,7 @@ def test_speed_scales_length(engine: SambertEngine) -> None:
 @pytest.mark.parametrize("speed", [0.0, -1.0, float("nan"), float("inf")])
 def test_bad_speed(engine: SambertEngine, speed: float) -> None:
     with pytest.raises(EngineError) as info:
-        engine.synthesize(SYMBOLS, "zhiyan_emo", "neutral", speed)
+        engine.synthesize(SYMBOLS, "zhiyan_emo", "neutral", speed, input_format="symbols")
     assert info.value.param == "speed"
 
 
@@ -118,24 +124,25 @@ def test_emotion_rewrites_phone_tokens_only(engine: SambertEngine) -> None:
         expected = "emotion_none" if token.phone.startswith("#") else "emotion_happy"
         assert token.fields[4] == expected
         assert token.fields[5] == "F7"
-    happy = engine.synthesize(SYMBOLS, "zhiyan_emo", "happy", 1.0).audio
-    written = engine.synthesize(_tokens("happy"), "zhiyan_emo", "happy", 1.0).audio
-    neutral = engine.synthesize(SYMBOLS, "zhiyan_emo", "neutral", 1.0).audio
+    happy = engine.synthesize(SYMBOLS, "zhiyan_emo", "happy", 1.0, input_format="symbols").audio
+    written = engine.synthesize(_tokens("happy"), "zhiyan_emo", "happy", 1.0, input_format="symbols").audio
+    neutral = engine.synthesize(SYMBOLS, "zhiyan_emo", "neutral", 1.0, input_format="symbols").audio
     np.testing.assert_array_equal(happy, written)
     assert happy.shape != neutral.shape or not np.array_equal(happy, neutral)
     # The "emotion_" prefixed spelling is accepted too.
-    np.testing.assert_array_equal(engine.synthesize(SYMBOLS, "zhiyan_emo", "emotion_happy", 1.0).audio, happy)
+    prefixed = engine.synthesize(SYMBOLS, "zhiyan_emo", "emotion_happy", 1.0, input_format="symbols").audio
+    np.testing.assert_array_equal(prefixed, happy)
 
 
 def test_speaker_field_is_used(engine: SambertEngine) -> None:
-    f7 = engine.synthesize(_tokens(speaker="F7"), "zhiyan_emo", "neutral", 1.0).audio
-    m7 = engine.synthesize(_tokens(speaker="M7"), "zhiyan_emo", "neutral", 1.0).audio
+    f7 = engine.synthesize(_tokens(speaker="F7"), "zhiyan_emo", "neutral", 1.0, input_format="symbols").audio
+    m7 = engine.synthesize(_tokens(speaker="M7"), "zhiyan_emo", "neutral", 1.0, input_format="symbols").audio
     assert f7.shape != m7.shape or not np.array_equal(f7, m7)
 
 
 def test_unknown_emotion(engine: SambertEngine) -> None:
     with pytest.raises(EngineError) as info:
-        engine.synthesize(SYMBOLS, "zhiyan_emo", "furious", 1.0)
+        engine.synthesize(SYMBOLS, "zhiyan_emo", "furious", 1.0, input_format="symbols")
     assert info.value.param == "emotion"
     assert info.value.client_error
     assert "furious" in info.value.public_message
@@ -145,7 +152,7 @@ def test_unknown_emotion(engine: SambertEngine) -> None:
 
 def test_unknown_voice(engine: SambertEngine) -> None:
     with pytest.raises(EngineError) as info:
-        engine.synthesize(SYMBOLS, "nobody", "neutral", 1.0)
+        engine.synthesize(SYMBOLS, "nobody", "neutral", 1.0, input_format="symbols")
     assert info.value.param == "voice"
     assert "zhiyan_emo" in info.value.public_message
 
@@ -167,7 +174,7 @@ def test_unknown_voice(engine: SambertEngine) -> None:
 )
 def test_unknown_symbols_are_errors(engine: SambertEngine, symbols: str, needle: str) -> None:
     with pytest.raises(EngineError) as info:
-        engine.synthesize(symbols, "zhiyan_emo", "neutral", 1.0)
+        engine.synthesize(symbols, "zhiyan_emo", "neutral", 1.0, input_format="symbols")
     assert info.value.param == "text"
     assert needle in info.value.public_message
     assert not any(s in info.value.public_message.split("allowed:")[-1].split(", ") for s in SPECIALS)
@@ -175,16 +182,17 @@ def test_unknown_symbols_are_errors(engine: SambertEngine, symbols: str, needle:
 
 def test_stream_yields_one_synthesis_per_line(engine: SambertEngine) -> None:
     text = "\n".join([SYMBOLS, "", _tokens("sad")]) + "\n"
-    pieces = list(engine.synthesize_stream(text, "zhiyan_emo", "neutral", 1.0))
+    pieces = list(engine.synthesize_stream(text, "zhiyan_emo", "neutral", 1.0, input_format="symbols"))
     assert len(pieces) == 2
-    whole = engine.synthesize(text, "zhiyan_emo", "neutral", 1.0)
+    whole = engine.synthesize(text, "zhiyan_emo", "neutral", 1.0, input_format="symbols")
     np.testing.assert_array_equal(np.concatenate([p.audio for p in pieces]), whole.audio)
-    single = engine.synthesize(SYMBOLS, "zhiyan_emo", "neutral", 1.0).audio
+    single = engine.synthesize(SYMBOLS, "zhiyan_emo", "neutral", 1.0, input_format="symbols").audio
     np.testing.assert_array_equal(pieces[0].audio, single)
 
 
 def test_bad_symbol_in_later_sentence_fails_before_audio(engine: SambertEngine) -> None:
-    stream = engine.synthesize_stream(SYMBOLS + "\n" + SYMBOLS.replace("{n_c$", "{qq$"), "zhiyan_emo", "neutral", 1.0)
+    text = SYMBOLS + "\n" + SYMBOLS.replace("{n_c$", "{qq$")
+    stream = engine.synthesize_stream(text, "zhiyan_emo", "neutral", 1.0, input_format="symbols")
     with pytest.raises(EngineError):
         next(stream)
 
@@ -213,9 +221,11 @@ class _FakeFrontend:
         self.phone_inventory = phone_inventory
 
     def process(
-        self, text: str, *, speaker: str, emotion: str, allowed_emotions: Collection[str], ssml: bool | None = None
+        self, text: str, *, speaker: str, emotion: str, allowed_emotions: Collection[str], ssml: bool = False
     ) -> list[_FakeUtterance]:
-        _FakeFrontend.calls.append({"text": text, "speaker": speaker, "emotion": emotion, "allowed": allowed_emotions})
+        _FakeFrontend.calls.append(
+            {"text": text, "speaker": speaker, "emotion": emotion, "allowed": allowed_emotions, "ssml": ssml}
+        )
         return [_FakeUtterance(_tokens(emotion, speaker), speed=2.0, pause_after_s=0.25), _FakeUtterance(_tokens())]
 
 
@@ -225,16 +235,19 @@ def test_plain_text_goes_through_frontend(engine: SambertEngine, monkeypatch: py
     _FakeFrontend.calls.clear()
     pieces = list(engine.synthesize_stream("你好。", "zhiyan_emo", "sad", 1.0))
     assert _FakeFrontend.calls == [
-        {"text": "你好。", "speaker": "F7", "emotion": "sad", "allowed": engine.voices()["zhiyan_emo"].emotions}
+        {"text": "你好。", "speaker": "F7", "emotion": "sad", "allowed": engine.voices()["zhiyan_emo"].emotions,
+         "ssml": False}
     ]
     assert len(pieces) == 2
     # First sentence: rate 2.0 from the frontend and 0.25 s of silence after it.
-    fast = engine.synthesize(_tokens("sad"), "zhiyan_emo", "sad", 2.0).audio
+    fast = engine.synthesize(_tokens("sad"), "zhiyan_emo", "sad", 2.0, input_format="symbols").audio
     pause = int(0.25 * 16000)
     assert pieces[0].audio.size == fast.size + pause
     np.testing.assert_array_equal(pieces[0].audio[: fast.size], fast)
     assert not np.any(pieces[0].audio[fast.size :])
-    assert pieces[0].stage_seconds["frontend"] >= 0
+    # The frontend ran once, before the first sentence: its time is charged to the first piece only.
+    assert pieces[0].stage_seconds["frontend"] > 0
+    assert pieces[1].stage_seconds["frontend"] == 0.0
 
 
 def test_plain_text_with_real_frontend(engine: SambertEngine) -> None:
@@ -247,9 +260,9 @@ def test_plain_text_with_real_frontend(engine: SambertEngine) -> None:
 
 def test_very_fast_speech_does_not_crash(engine: SambertEngine) -> None:
     """At extreme speeds every duration rounds to zero frames: the result is empty audio, not an error."""
-    result = engine.synthesize(SYMBOLS, "zhiyan_emo", "neutral", 1000.0)
+    result = engine.synthesize(SYMBOLS, "zhiyan_emo", "neutral", 1000.0, input_format="symbols")
     assert result.audio.dtype == np.float32
-    assert result.audio.size % HOP == 0
+    assert result.audio.size == 0
 
 
 def test_input_longer_than_position_table(engine: SambertEngine) -> None:
@@ -261,5 +274,109 @@ def test_input_longer_than_position_table(engine: SambertEngine) -> None:
     while len(tokens) < max_len + 10:
         tokens.extend(body.split())
     tokens.append(SYMBOLS.split()[-1])
-    result = engine.synthesize(" ".join(tokens), "zhiyan_emo", "neutral", 1.0)
+    result = engine.synthesize(" ".join(tokens), "zhiyan_emo", "neutral", 1.0, input_format="symbols")
     assert result.audio.size > 0
+
+
+# -- input_format: declared by the client, never guessed -----------------------------------------------------------
+
+SSML_WITH_BREAK = '<speak>你好<break time="1s"/>世界</speak>'
+
+
+@pytest.mark.parametrize(
+    ("text", "kwargs", "ssml"),
+    [
+        ("你好。", {}, False),
+        # Content that looks like markup or symbols is still plain text unless the client says otherwise.
+        (SSML_WITH_BREAK, {}, False),
+        (SYMBOLS, {}, False),
+        (SSML_WITH_BREAK, {"input_format": "text"}, False),
+        ("你好", {"input_format": "ssml"}, True),
+        (SSML_WITH_BREAK, {"input_format": "ssml"}, True),
+    ],
+)
+def test_input_format_decides_how_the_frontend_reads(
+    engine: SambertEngine, monkeypatch: pytest.MonkeyPatch, text: str, kwargs: dict[str, str], ssml: bool
+) -> None:
+    monkeypatch.setattr(sambert_engine, "Frontend", _FakeFrontend)
+    monkeypatch.setattr(engine, "_frontends", {})
+    _FakeFrontend.calls.clear()
+    engine.synthesize(text, "zhiyan_emo", "neutral", 1.0, **kwargs)  # type: ignore[arg-type]
+    assert [(c["text"], c["ssml"]) for c in _FakeFrontend.calls] == [(text, ssml)]
+
+
+def test_ssml_without_prolog_is_spoken_as_ssml(engine: SambertEngine) -> None:
+    pieces = list(engine.synthesize_stream(SSML_WITH_BREAK, "zhiyan_emo", "neutral", 1.0, input_format="ssml"))
+    # <break time="1s"/> ends the first sentence and appends one second of silence to it.
+    assert len(pieces) == 2
+    assert pieces[0].audio.size > 16000
+    assert not np.any(pieces[0].audio[-16000:])
+    plain = engine.synthesize("你好。世界。", "zhiyan_emo", "neutral", 1.0, input_format="text").audio
+    whole = engine.synthesize(SSML_WITH_BREAK, "zhiyan_emo", "neutral", 1.0, input_format="ssml").audio
+    assert whole.size == plain.size + 16000
+
+
+def test_ssml_under_text_is_not_parsed(engine: SambertEngine) -> None:
+    pieces = list(engine.synthesize_stream(SSML_WITH_BREAK, "zhiyan_emo", "neutral", 1.0))
+    # Read as text: the markup is letters and punctuation in one sentence, and the break is no silence.
+    assert len(pieces) == 1
+    assert np.any(pieces[0].audio[-1600:])
+
+
+# SSML without an XML prolog used to be read aloud as plain text; now it is refused as SSML.
+def _lol_entity(i: int) -> str:
+    reference = f"&lol{i - 1};"
+    return f'<!ENTITY lol{i} "{reference * 10}">'
+
+
+BILLION_LAUGHS_NO_PROLOG = (
+    '<!DOCTYPE speak [<!ENTITY lol0 "lol">' + "".join(_lol_entity(i) for i in range(1, 10)) + "]><speak>&lol9;</speak>"
+)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        BILLION_LAUGHS_NO_PROLOG,
+        '<?xml version="1.0"?>\n' + BILLION_LAUGHS_NO_PROLOG,
+        '<!DOCTYPE speak [<!ENTITY xxe SYSTEM "file:///etc/passwd">]><speak>&xxe;</speak>',
+        "<speak>你好",
+        "你好",
+    ],
+)
+def test_bad_ssml_is_a_client_error(engine: SambertEngine, doc: str) -> None:
+    with pytest.raises(EngineError) as info:
+        engine.synthesize(doc, "zhiyan_emo", "neutral", 1.0, input_format="ssml")
+    assert info.value.client_error
+    assert info.value.param == "text"
+    assert info.value.public_message.startswith("invalid SSML: ")
+    assert "not allowed" in info.value.public_message or "not well-formed" in info.value.public_message
+
+
+def test_symbols_round_trip(engine: SambertEngine) -> None:
+    """The frontend's symbols for a text, sent back as input_format=symbols, give the text's audio exactly."""
+    voice = engine._voices["zhiyan_emo"]
+    (utt,) = engine._frontend(voice).process(
+        "你好世界", speaker=voice.default_speaker, emotion="neutral", allowed_emotions=voice.info.emotions
+    )
+    from_text = engine.synthesize("你好世界", "zhiyan_emo", "neutral", 1.0).audio
+    from_symbols = engine.synthesize(utt.symbols, "zhiyan_emo", "neutral", 1.0, input_format="symbols").audio
+    assert from_text.size > 0
+    np.testing.assert_array_equal(from_symbols, from_text)
+
+
+@pytest.mark.parametrize("text", ["你好", "<speak>你好</speak>", SYMBOLS + " 你好"])
+def test_text_under_symbols_is_a_client_error(engine: SambertEngine, text: str) -> None:
+    with pytest.raises(EngineError) as info:
+        engine.synthesize(text, "zhiyan_emo", "neutral", 1.0, input_format="symbols")
+    assert info.value.client_error
+    assert info.value.param == "text"
+    assert "malformed symbol token" in info.value.public_message
+
+
+def test_unknown_input_format(engine: SambertEngine) -> None:
+    with pytest.raises(EngineError) as info:
+        engine.synthesize("你好", "zhiyan_emo", "neutral", 1.0, input_format="markdown")  # type: ignore[arg-type]
+    assert info.value.client_error
+    assert info.value.param == "input_format"
+    assert "text, ssml, symbols" in info.value.public_message

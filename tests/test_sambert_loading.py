@@ -325,7 +325,7 @@ def test_tables_without_mask_row_load(model_dir: Path) -> None:
     _edit_am(model_dir, edit)
     engine = _load(model_dir)
     symbols = "{n_c$tone2$s_begin$word_begin$emotion_neutral$F7} {i_c$tone2$s_end$word_end$emotion_neutral$F7}"
-    assert engine.synthesize(symbols, VOICE, "neutral", 1.0).audio.size > 0
+    assert engine.synthesize(symbols, VOICE, "neutral", 1.0, input_format="symbols").audio.size > 0
 
 
 def test_tables_missing_one_row_only_in_some_streams(model_dir: Path) -> None:

@@ -212,3 +212,35 @@ async def test_middleware_errors_use_the_one_body(make_settings: Callable[..., S
         assert set(unauthorized.json()["error"]) == {"message", "type", "code", "param"}
         assert await _metric(client, "tts_requests_rejected_total", reason="too_large") == 1
         assert await _metric(client, "tts_requests_rejected_total", reason="rate_limited") == 1
+
+
+# --- declared input format ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [SYNTH, SPEECH])
+async def test_input_format_travels_from_request_to_engine(make_settings: Callable[..., Settings],
+                                                           engine_log: Path, path: str) -> None:
+    # SSML is read as SSML only when the client says so; nothing is guessed from the text.
+    document = "<speak>你好<break time='1s'/>世界</speak>"
+
+    def body(text: str, fmt: str) -> dict[str, Any]:
+        if path == SYNTH:
+            return {"text": text, "input_format": fmt}
+        return {"model": "tts-1", "input": text, "voice": "alpha", "response_format": "wav", "input_format": fmt}
+
+    async with running_app(make_settings(pool={"workers": 1}, cache={"enabled": True})) as (_, client):
+        as_ssml = await client.post(path, json=body(document, "ssml"))
+        as_text = await client.post(path, json=body(document, "text"))
+        assert as_ssml.status_code == as_text.status_code == 200
+        # Same text, different declared format: two syntheses, not one cache entry.
+        assert as_ssml.headers["X-Cache"] == as_text.headers["X-Cache"] == "miss"
+        assert as_ssml.content != as_text.content
+        ran = [text for _, text in read_log(engine_log)]
+        assert f"ssml\t{document}" in ran
+        assert document in ran
+        broken = await client.post(path, json=body("<speak>未闭合", "ssml"))
+        assert broken.status_code == 422
+        assert broken.json()["error"]["code"] == "invalid_input"
+        unknown = await client.post(path, json=body("你好", "markdown"))
+        assert unknown.status_code == 422
+        assert unknown.json()["error"]["param"].endswith("input_format")

@@ -17,6 +17,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from tts_server.config import ConfigError, Settings, load_settings
+from tts_server.inference.engine import INPUT_FORMATS
 
 if TYPE_CHECKING:
     from tts_server.inference.engine import Engine
@@ -98,7 +99,8 @@ EXIT_LOAD_FAILED = 3
 def _load_engine(args: argparse.Namespace) -> Engine | None:
     """The configured engine, or None after one line on stderr saying why it cannot be loaded: a missing or
     damaged model is an operator error to fix, not a crash to debug from a traceback."""
-    from tts_server.inference.engine import EngineLoadError, load_engine
+    from tts_server.inference.engine import EngineLoadError
+    from tts_server.inference.loading import load_engine
 
     settings = _settings(args)
     try:
@@ -134,7 +136,7 @@ def _synth(args: argparse.Namespace) -> int:
         return 2
     emotion = args.emotion or voices[voice].default_emotion
     try:
-        result = engine.synthesize(args.text, voice, emotion, args.speed)
+        result = engine.synthesize(args.text, voice, emotion, args.speed, input_format=args.input_format)
     except EngineError as exc:
         print(f"error: {exc.public_message}", file=sys.stderr)
         return 2
@@ -169,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--voice")
     synth.add_argument("--emotion")
     synth.add_argument("--speed", type=float, default=1.0)
+    synth.add_argument("--input-format", choices=INPUT_FORMATS, default="text",
+                       help="how TEXT is read: plain text, an SSML document, or KAN-TTS symbol strings")
     synth.add_argument("--format", choices=["wav", "pcm", "flac", "mp3", "ogg", "opus"])
     synth.add_argument("--model-dir", type=Path, help="local model directory (published layout)")
     synth.add_argument("--threads", type=int, help="torch threads")

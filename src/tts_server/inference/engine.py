@@ -6,22 +6,21 @@ synchronous and single-threaded from the worker's point of view; parallelism com
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, get_args, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
-if TYPE_CHECKING:
-    from tts_server.config import Settings
-
-#: How a job's text is to be read: plain text, an SSML document, or KAN-TTS symbol strings.
-InputFormat = Literal["text", "ssml", "symbols"]
-
 #: Stage names reported in ``Synthesis.stage_seconds`` (and exported as a metric label).
 STAGES = ("frontend", "acoustic", "vocoder")
+
+#: What the ``text`` of a job is, declared by the client: plain text, an SSML document, or KAN-TTS symbol
+#: strings. Engines never guess it from the content: a guess lets a client's plain text be read as markup (and
+#: markup be read aloud as text).
+InputFormat = Literal["text", "ssml", "symbols"]
+INPUT_FORMATS: tuple[InputFormat, ...] = get_args(InputFormat)
 
 
 class EngineError(Exception):
@@ -70,39 +69,19 @@ class Engine(Protocol):
         """Voice name -> info; the first entry is the default voice."""
         ...
 
-    def synthesize(self, text: str, voice: str, emotion: str, speed: float) -> Synthesis:
-        """Synthesise the whole text. Raises ``EngineError`` for bad input."""
+    def synthesize(
+        self, text: str, voice: str, emotion: str, speed: float, *, input_format: InputFormat = "text"
+    ) -> Synthesis:
+        """Synthesise the whole text, read as ``input_format``. Raises ``EngineError`` for bad input (an
+        ``input_format`` the engine does not support included, with ``param="input_format"``)."""
         ...
 
-    def synthesize_stream(self, text: str, voice: str, emotion: str, speed: float) -> Iterator[Synthesis]:
+    def synthesize_stream(
+        self, text: str, voice: str, emotion: str, speed: float, *, input_format: InputFormat = "text"
+    ) -> Iterator[Synthesis]:
         """Synthesise sentence by sentence, yielding each sentence's audio as soon as it is ready."""
         ...
 
     def warm_up(self) -> None:
         """Run one short synthesis so that the first real request does not pay for lazy initialisation."""
         ...
-
-
-def load_engine(settings: Settings) -> Engine:
-    """Build the engine named by ``settings.engine.name``.
-
-    ``sambert`` is the product engine. Any other value must be ``package.module:factory`` where ``factory``
-    takes the settings and returns an engine; the tests use this to plug in small deterministic engines.
-    """
-    name = settings.engine.name
-    if name == "sambert":
-        from tts_server.inference.sambert.engine import load_sambert_engine
-
-        return load_sambert_engine(settings)
-    module_name, sep, attr = name.partition(":")
-    if not sep or not module_name or not attr:
-        raise EngineLoadError(f"engine.name must be 'sambert' or 'module:factory', got {name!r}")
-    try:
-        module = importlib.import_module(module_name)
-        factory = getattr(module, attr)
-    except (ImportError, AttributeError) as exc:
-        raise EngineLoadError(f"cannot import engine factory {name!r}: {exc}") from exc
-    engine = factory(settings)
-    if not isinstance(engine, Engine):
-        raise EngineLoadError(f"engine factory {name!r} returned {type(engine).__name__}, not an Engine")
-    return engine

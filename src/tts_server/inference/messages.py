@@ -28,7 +28,7 @@ class Job:
     deadline: float
     #: Send one ``Chunk`` per sentence as it is ready instead of one audio array in the ``Result``.
     stream: bool = False
-    #: How the engine must read ``text``: declared by the client, never guessed.
+    #: How the engine must read ``text`` (declared by the client, never guessed from the content).
     input_format: InputFormat = "text"
 
 

@@ -11,7 +11,8 @@ from multiprocessing.connection import Connection
 import numpy as np
 
 from tts_server.config import Settings
-from tts_server.inference.engine import EngineError, Synthesis, load_engine
+from tts_server.inference.engine import EngineError, Synthesis
+from tts_server.inference.loading import load_engine
 from tts_server.inference.messages import Chunk, Failure, Job, Ready, Result, Shutdown, StartupFailed
 
 log = logging.getLogger("tts_server.worker")
@@ -65,14 +66,17 @@ def _run(engine: object, job: Job, conn: Connection) -> Result | Failure:
         if job.stream:
             audio_seconds = 0.0
             sample_rate = 0
-            for seq, piece in enumerate(engine.synthesize_stream(job.text, job.voice, job.emotion, job.speed)):
+            pieces = engine.synthesize_stream(
+                job.text, job.voice, job.emotion, job.speed, input_format=job.input_format
+            )
+            for seq, piece in enumerate(pieces):
                 _add_stages(stages, piece)
                 sample_rate = piece.sample_rate
                 audio_seconds += len(piece.audio) / piece.sample_rate
                 conn.send(Chunk(job.job_id, seq, np.ascontiguousarray(piece.audio, np.float32), piece.sample_rate))
             audio = _EMPTY
         else:
-            syn = engine.synthesize(job.text, job.voice, job.emotion, job.speed)
+            syn = engine.synthesize(job.text, job.voice, job.emotion, job.speed, input_format=job.input_format)
             _add_stages(stages, syn)
             audio = np.ascontiguousarray(syn.audio, np.float32)
             sample_rate = syn.sample_rate

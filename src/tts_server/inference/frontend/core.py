@@ -1,4 +1,8 @@
-"""The frontend pipeline: text or SSML -> sentences of KAN-TTS symbols."""
+"""The frontend pipeline: text or SSML -> sentences of KAN-TTS symbols.
+
+Whether the input is SSML is the caller's to say (the client declares it); the frontend never guesses from the
+content, so plain text that happens to start with ``<speak`` is read as text and SSML is never read aloud.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,6 @@ from tts_server.inference.frontend.ssml import (
     Item,
     SentenceMark,
     Span,
-    looks_like_ssml,
     parse_ssml,
 )
 from tts_server.inference.frontend.symbols import (
@@ -118,9 +121,10 @@ class Frontend:
         speaker: str,
         emotion: str,
         allowed_emotions: Collection[str],
-        ssml: bool | None = None,
+        ssml: bool = False,
     ) -> list[Utterance]:
-        """Text (or SSML) -> one ``Utterance`` per sentence. Raises ``FrontendError`` for unusable input."""
+        """Text (or, with ``ssml=True``, an SSML document) -> one ``Utterance`` per sentence. Raises
+        ``FrontendError`` for unusable input."""
         if not _NAME_RE.fullmatch(speaker):
             raise FrontendError(f"invalid speaker name {speaker!r}", param="voice")
         allowed = {_bare_emotion(e) for e in allowed_emotions}
@@ -140,7 +144,7 @@ class Frontend:
             )
         return utterances
 
-    def pinyin(self, text: str, *, ssml: bool | None = False, emotion: str = "neutral") -> list[str]:
+    def pinyin(self, text: str, *, ssml: bool = False, emotion: str = "neutral") -> list[str]:
         """The readings ``process`` would use, one string per sentence: ``ni2 hao3 #1 shi4 jie4 #4``.
 
         For tests and debugging; raises like ``process``.
@@ -156,10 +160,8 @@ class Frontend:
         return out
 
     def _chunks(
-        self, text: str, emotion: str, allowed: Collection[str], ssml: bool | None
+        self, text: str, emotion: str, allowed: Collection[str], ssml: bool
     ) -> Iterator[tuple[list[Word | _Pause], float, float]]:
-        if ssml is None:
-            ssml = looks_like_ssml(text)
         items: list[Item]
         if ssml:
             items = parse_ssml(text, emotion=emotion, allowed_emotions=allowed, check_syllable=self._check)

@@ -114,7 +114,7 @@ def group_reading(reading: str) -> list[str]:
     digit string into groups of at most four (幺三八幺 | 二三四五 | 六七八)."""
     if not reading:
         return []
-    if any(c in "十百千" for c in reading):
+    if any(c in "十百千万亿" for c in reading):
         return [p for p in re.split(r"(?<=[万亿])(?!$)", reading) if p]
     return [reading[i : i + _DIGIT_GROUP] for i in range(0, len(reading), _DIGIT_GROUP)]
 

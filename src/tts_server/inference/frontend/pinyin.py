@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from tts_server.inference.frontend.normalize import group_reading
 from tts_server.inference.frontend.symbols import (
     Syllable,
     SyllableError,
@@ -53,19 +54,15 @@ class Word:
 
 # Characters of number readings; jieba splits 二零二四 or 两千零二十四 arbitrarily, so runs of them are regrouped.
 _NUMBER_WORD_CHARS = frozenset("零〇幺一二三四五六七八九十百千万亿两点")
-_MAX_DIGIT_GROUP = 4
 
 
-def _chunk_number(number: str) -> list[str]:
-    """A number reading as prosodic words: a cardinal (两千零二十四) stays whole up to 万/亿 sections, a digit
-    string (幺三八幺二三四五六七八) is read in groups of at most four."""
+def _number_words(number: str) -> list[str]:
+    """A run of number characters as prosodic words, grouped like the normaliser's readings; a trailing unit
+    character jieba glued on (二零二 | 六年) stays with the last group."""
     unit = ""
     if number[-1] not in _NUMBER_WORD_CHARS:
         number, unit = number[:-1], number[-1]
-    if any(c in "十百千万亿" for c in number):
-        parts = [p for p in re.split(r"(?<=[万亿])", number) if p]
-    else:
-        parts = [number[i : i + _MAX_DIGIT_GROUP] for i in range(0, len(number), _MAX_DIGIT_GROUP)]
+    parts = group_reading(number)
     parts[-1] += unit
     return parts
 
@@ -99,15 +96,15 @@ class Segmenter:
                 continue
             if number and len(w) == 2 and w[0] in _NUMBER_WORD_CHARS:
                 # jieba glued the last digit to a unit (二零二 | 六年): keep the number and its unit together.
-                out.extend(_chunk_number(number + w))
+                out.extend(_number_words(number + w))
                 number = ""
                 continue
             if number:
-                out.extend(_chunk_number(number))
+                out.extend(_number_words(number))
                 number = ""
             out.extend(self._split_compound(w))
         if number:
-            out.extend(_chunk_number(number))
+            out.extend(_number_words(number))
         return out
 
     def _split_compound(self, word: str) -> list[str]:

@@ -69,11 +69,6 @@ class SentenceMark:
 Item = Span | BreakMark | SentenceMark
 
 
-def looks_like_ssml(text: str) -> bool:
-    head = text.lstrip()[:64]
-    return head.startswith("<speak") or head.startswith("<?xml")
-
-
 def _fail(message: str, param: str = "text") -> FrontendError:
     return FrontendError(f"invalid SSML: {message}", param=param)
 

@@ -16,8 +16,6 @@ from pathlib import Path
 
 import defusedxml.ElementTree as SafeET
 
-BREAK_LEVELS = (1, 2, 3, 4)
-
 _TWO_LETTER_INITIALS = ("zh", "ch", "sh")
 _ONE_LETTER_INITIALS = frozenset("bpmfdtnlgkhjqxrzcsyw")
 _ZERO_INITIAL_FINALS = frozenset({"a", "ai", "an", "ang", "ao", "e", "ei", "en", "eng", "er", "o", "ou"})
@@ -167,20 +165,42 @@ def has_erhua_final(base: str, inventory: frozenset[str] = DEFAULT_PHONES) -> bo
     return ("er" if final == "e" else final + "r") + "_c" in inventory
 
 
-def load_phone_set(dict_dir: str | Path) -> frozenset[str]:
-    """Phone names from a voice's ``dict/PinYin/PhoneSet.xml`` (namespaced or not)."""
-    path = Path(dict_dir) / "PhoneSet.xml"
-    root = SafeET.parse(str(path)).getroot()
+class PhoneSetError(ValueError):
+    """A ``PhoneSet.xml`` that is missing, not well-formed, or lists no phones; the message names the file."""
+
+
+def _local_name(tag: object) -> str:
+    return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
+
+
+def read_phone_set(path: str | Path) -> list[str]:
+    """Phone names of a KAN-TTS ``PhoneSet.xml`` (``<phoneSet><phone><name>``, namespaced or not) in file order,
+    which is the order of the voice's phone embedding table."""
+    try:
+        root = SafeET.parse(str(path)).getroot()
+    except FileNotFoundError:
+        raise PhoneSetError(f"phone set {path} not found") from None
+    except Exception as exc:  # defusedxml raises ParseError and its own security errors
+        raise PhoneSetError(f"cannot parse phone set {path}: {exc}") from None
     if root is None:
-        raise ValueError(f"{path} is empty")
-    names = {el.text.strip() for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "name" and el.text}
-    if not names:
-        raise ValueError(f"{path} lists no phones")
-    return frozenset(names)
+        raise PhoneSetError(f"phone set {path} is empty")
+    phones: list[str] = []
+    for node in root:
+        if _local_name(node.tag) != "phone":
+            continue
+        name = next((child for child in node if _local_name(child.tag) == "name"), None)
+        text = (name.text or "").strip() if name is not None else ""
+        if not text:
+            raise PhoneSetError(f"{path}: a <phone> entry has no <name>")
+        phones.append(text)
+    if not phones:
+        raise PhoneSetError(f"{path}: no <phone> entries")
+    return phones
 
 
-def tone_field(tone: int) -> str:
-    return f"tone{tone}"
+def load_phone_set(dict_dir: str | Path) -> frozenset[str]:
+    """The phone inventory of a voice's ``dict/PinYin`` folder (its ``PhoneSet.xml``)."""
+    return frozenset(read_phone_set(Path(dict_dir) / "PhoneSet.xml"))
 
 
 def break_token(level: int, speaker: str) -> str:
@@ -196,24 +216,21 @@ def word_tokens(
     out: list[str] = []
     k = 0
     for phones, tone in sylls:
-        n = len(phones)
         for j, phone in enumerate(phones):
-            if n == 1:
-                s_flag = "s_both"
-            elif j == 0:
-                s_flag = "s_begin"
-            elif j == n - 1:
-                s_flag = "s_end"
-            else:
-                s_flag = "s_middle"
-            if total == 1:
-                w_flag = "word_both"
-            elif k == 0:
-                w_flag = "word_begin"
-            elif k == total - 1:
-                w_flag = "word_end"
-            else:
-                w_flag = "word_middle"
+            s_flag = _position_flag("s", j, len(phones))
+            w_flag = _position_flag("word", k, total)
             out.append(f"{{{phone}$tone{tone}${s_flag}${w_flag}${emotion_field}${speaker}}}")
             k += 1
     return out
+
+
+def _position_flag(prefix: str, index: int, count: int) -> str:
+    """Where item ``index`` of ``count`` sits (a phone in its syllable, or in its word): ``<prefix>_both`` for
+    the only one, else ``_begin``, ``_end`` or ``_middle``."""
+    if count == 1:
+        return prefix + "_both"
+    if index == 0:
+        return prefix + "_begin"
+    if index == count - 1:
+        return prefix + "_end"
+    return prefix + "_middle"

@@ -1,7 +1,8 @@
 """The Sambert-HifiGan engine: voices loaded from a model directory, text -> 16 kHz mono float32 audio.
 
-Text that starts with ``{`` is taken as KAN-TTS symbol strings (one sentence per non-empty line); anything else goes
-through the Chinese frontend (``tts_server.inference.frontend``), imported on first use.
+The job's declared ``input_format`` decides how its text is read: ``symbols`` are KAN-TTS symbol strings (one
+sentence per non-empty line); ``text`` and ``ssml`` go through the Chinese frontend
+(``tts_server.inference.frontend``), which parses the text as SSML only when told it is SSML.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from tts_server.inference.engine import EngineError, EngineLoadError, Synthesis, VoiceInfo
+from tts_server.inference.engine import INPUT_FORMATS, EngineError, EngineLoadError, InputFormat, Synthesis, VoiceInfo
 from tts_server.inference.frontend import Frontend
 from tts_server.inference.sambert.acoustic import AcousticOutput, SambertConfig, SambertModel
 from tts_server.inference.sambert.linguistic import EncodedSymbols, LinguisticUnit, Token
@@ -172,29 +173,37 @@ class SambertEngine:
             tokens = [f"{{{p}${tone}$s_none$word_none${emotion}${speaker}}}" for p in phones]
             if "tone_none" in unit.tones:
                 tokens.append(f"{{#4$tone_none$s_none$word_none$emotion_none${speaker}}}")
-            self.synthesize(" ".join(tokens), voice.name, voice.info.default_emotion, 1.0)
+            self.synthesize(" ".join(tokens), voice.name, voice.info.default_emotion, 1.0, input_format="symbols")
             # jieba's dictionary and pypinyin's tables load here, not on the first request.
             self._frontend(voice)
 
-    def synthesize(self, text: str, voice: str, emotion: str, speed: float) -> Synthesis:
+    def synthesize(
+        self, text: str, voice: str, emotion: str, speed: float, *, input_format: InputFormat = "text"
+    ) -> Synthesis:
         parts: list[npt.NDArray[np.float32]] = []
         stages = {"frontend": 0.0, "acoustic": 0.0, "vocoder": 0.0}
         rate = self._voice(voice).sample_rate
-        for piece in self.synthesize_stream(text, voice, emotion, speed):
+        for piece in self.synthesize_stream(text, voice, emotion, speed, input_format=input_format):
             parts.append(piece.audio)
             for key, value in piece.stage_seconds.items():
                 stages[key] = stages.get(key, 0.0) + value
         audio = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
         return Synthesis(audio=audio.astype(np.float32, copy=False), sample_rate=rate, stage_seconds=stages)
 
-    def synthesize_stream(self, text: str, voice: str, emotion: str, speed: float) -> Iterator[Synthesis]:
+    def synthesize_stream(
+        self, text: str, voice: str, emotion: str, speed: float, *, input_format: InputFormat = "text"
+    ) -> Iterator[Synthesis]:
+        if input_format not in INPUT_FORMATS:
+            raise EngineError(
+                f"input_format must be one of {', '.join(INPUT_FORMATS)}, got {input_format!r}", param="input_format"
+            )
         v = self._voice(voice)
         emotion = self._emotion(v, emotion)
         if not isinstance(speed, int | float) or not math.isfinite(speed) or speed <= 0:
             raise EngineError(f"speed must be a positive number, got {speed!r}", param="speed")
         torch.set_num_threads(self._threads)
         t0 = time.perf_counter()
-        sentences = self._sentences(v, text, emotion)
+        sentences = self._sentences(v, text, emotion, input_format)
         # Encode everything first so that a bad symbol in a later sentence fails before any audio is sent.
         encoded = [v.unit.encode_tokens(s.tokens) for s in sentences]
         frontend_s = time.perf_counter() - t0
@@ -233,11 +242,11 @@ class SambertEngine:
             )
         return name
 
-    def _sentences(self, voice: SambertVoice, text: str, emotion: str) -> list[_Sentence]:
+    def _sentences(self, voice: SambertVoice, text: str, emotion: str, input_format: InputFormat) -> list[_Sentence]:
         stripped = text.strip()
         if not stripped:
             raise EngineError("text is empty", param="text")
-        if stripped.startswith("{"):
+        if input_format == "symbols":
             sentences = []
             for line in stripped.splitlines():
                 if not line.strip():
@@ -252,6 +261,7 @@ class SambertEngine:
             speaker=voice.default_speaker,
             emotion=emotion,
             allowed_emotions=voice.info.emotions,
+            ssml=input_format == "ssml",
         )
         sentences = []
         for utt in utterances:

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from defusedxml import ElementTree
 
 from tts_server.inference.engine import EngineError, EngineLoadError
+from tts_server.inference.frontend.symbols import PhoneSetError, read_phone_set
 
 PAD = "_"
 EOS = "~"
@@ -76,29 +76,13 @@ STREAM_KEYS = {
 }
 REQUIRED_STREAMS = ("sy", "tone", "syllable_flag", "word_segment", "emo_category", "speaker_category")
 
-_PHONESET_NS = "{http://schemas.alibaba-inc.com/tts}"
-
-
 def parse_phone_set(path: Path) -> list[str]:
     """Phone names of a KAN-TTS ``PhoneSet.xml`` in file order, then the four break symbols."""
     try:
-        root = ElementTree.parse(str(path)).getroot()
-    except FileNotFoundError as exc:
-        raise EngineLoadError(f"phone set {path} not found") from exc
-    except Exception as exc:  # defusedxml raises ParseError and its own security errors
-        raise EngineLoadError(f"cannot parse phone set {path}: {exc}") from exc
-    if root is None:
-        raise EngineLoadError(f"phone set {path} is empty")
-    phones: list[str] = []
-    for node in root.findall(_PHONESET_NS + "phone"):
-        name = node.find(_PHONESET_NS + "name")
-        if name is None or not (name.text or "").strip():
-            raise EngineLoadError(f"{path}: a <phone> entry has no <name>")
-        phones.append((name.text or "").strip())
-    if not phones:
-        raise EngineLoadError(f"{path}: no <phone> entries")
-    phones.extend(BREAK_PHONES)
-    return phones
+        phones = read_phone_set(path)
+    except PhoneSetError as exc:
+        raise EngineLoadError(str(exc)) from exc
+    return [*phones, *BREAK_PHONES]
 
 
 def parse_tone_list(path: Path) -> list[str]:

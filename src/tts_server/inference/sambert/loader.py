@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,17 +130,23 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def _walk(node: Any, keys: Sequence[str]) -> tuple[Any, int]:
+    """``node[k1][k2]...`` and how many keys were found: fewer than ``len(keys)`` means ``keys[found]`` is
+    missing (or its parent is not a mapping)."""
+    for found, key in enumerate(keys):
+        if not isinstance(node, Mapping) or key not in node:
+            return None, found
+        node = node[key]
+    return node, len(keys)
+
+
 def config_section(config: Mapping[str, Any], path: Path, *keys: str) -> dict[str, Any]:
     """``config[k1][k2]...`` as a mapping, or an error naming the missing key and file."""
-    node: Any = config
-    walked: list[str] = []
-    for key in keys:
-        walked.append(key)
-        if not isinstance(node, Mapping) or key not in node:
-            raise EngineLoadError(f"{path}: missing key '{'.'.join(walked)}'")
-        node = node[key]
+    node, found = _walk(config, keys)
+    if found < len(keys):
+        raise EngineLoadError(f"{path}: missing key '{'.'.join(keys[: found + 1])}'")
     if not isinstance(node, Mapping):
-        raise EngineLoadError(f"{path}: '{'.'.join(walked)}' must be a mapping")
+        raise EngineLoadError(f"{path}: '{'.'.join(keys)}' must be a mapping")
     return dict(node)
 
 
@@ -155,12 +161,9 @@ def load_state_dict(path: Path, *keys: str) -> dict[str, torch.Tensor]:
         raise EngineLoadError(f"checkpoint {path} not found") from exc
     except Exception as exc:  # a damaged file surfaces as any of a dozen unpickler/zip/IO exception types
         raise EngineLoadError(f"cannot load checkpoint {path} (corrupted or not a torch checkpoint): {exc}") from exc
-    walked: list[str] = []
-    for key in keys:
-        walked.append(key)
-        if not isinstance(obj, Mapping) or key not in obj:
-            raise EngineLoadError(f"checkpoint {path}: missing entry {''.join(f'[{k!r}]' for k in walked)}")
-        obj = obj[key]
+    obj, found = _walk(obj, keys)
+    if found < len(keys):
+        raise EngineLoadError(f"checkpoint {path}: missing entry {''.join(f'[{k!r}]' for k in keys[: found + 1])}")
     if not isinstance(obj, Mapping):
         raise EngineLoadError(f"checkpoint {path}: {''.join(f'[{k!r}]' for k in keys)} is not a state dict")
     state: dict[str, torch.Tensor] = {}
