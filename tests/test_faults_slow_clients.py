@@ -13,6 +13,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -42,11 +43,11 @@ def _client_sockets(srv: Server) -> int:
                if c.laddr and c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED)
 
 
-async def _one_request(srv: Server, **kwargs: object) -> httpx.Response:
+async def _one_request(srv: Server, **kwargs: Any) -> httpx.Response:
     # A fresh connection per request, so that no keep-alive connection of the test counts against a limit.
     async with httpx.AsyncClient(base_url=srv.url, timeout=30.0,
                                  limits=httpx.Limits(max_keepalive_connections=0)) as client:
-        return await client.post("/v1/synthesize", **kwargs)  # type: ignore[arg-type]
+        return await client.post("/v1/synthesize", **kwargs)
 
 
 @dataclass(frozen=True)
@@ -123,18 +124,22 @@ async def test_slow_headers_and_bodies_are_cut_off_and_descriptors_released(tmp_
                 body_closed_max_s=f"{max(r.closed_after_s or give_up_s for r in body_results):.2f}")
         assert normal.status_code == 200
         assert peak >= baseline + (n_head + n_body) // 2, "the slow clients were never connected"
-        assert all(r.closed_after_s is not None for r in results), "a slow client was never disconnected"
+        head_closed = [r.closed_after_s for r in head_results if r.closed_after_s is not None]
+        body_closed = [r.closed_after_s for r in body_results if r.closed_after_s is not None]
+        assert len(head_closed) + len(body_closed) == len(results), "a slow client was never disconnected"
         # Cut off at the configured deadlines (with slack for a loaded machine), not by the test giving up.
-        assert all(HEADER_TIMEOUT_S - 0.1 <= r.closed_after_s <= HEADER_TIMEOUT_S + 3.0  # type: ignore[operator]
-                   for r in head_results)
-        assert all(BODY_TIMEOUT_S - 0.1 <= r.closed_after_s <= BODY_TIMEOUT_S + 4.0  # type: ignore[operator]
-                   for r in body_results)
+        assert min(head_closed) >= HEADER_TIMEOUT_S - 0.05
+        assert max(head_closed) <= HEADER_TIMEOUT_S + 3.0
+        assert min(body_closed) >= BODY_TIMEOUT_S - 0.05
+        assert max(body_closed) <= BODY_TIMEOUT_S + 4.0
         # Each was told why, with the one error body.
         for r, code in [(head_results[0], "header_timeout"), (body_results[0], "body_timeout")]:
             status, body = _status_and_body(r.response)
             assert status == 408
-            assert body["error"] == {"message": body["error"]["message"],  # type: ignore[index]
-                                     "type": "invalid_request_error", "code": code, "param": None}
+            error = body["error"]
+            assert isinstance(error, dict)
+            assert set(error) == {"message", "type", "code", "param"}
+            assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", code, None)
         assert all(r.response.startswith(b"HTTP/1.1 408 ") for r in results)
         assert after <= baseline + 5
         assert (await _one_request(srv, json={"text": "之后。", "format": "pcm"})).status_code == 200
@@ -184,9 +189,11 @@ async def test_connection_limit_refuses_extra_connections_with_503(tmp_path: Pat
 async def test_access_log_has_every_request_including_rejected_ones(tmp_path: Path) -> None:
     settings = {"max_body_bytes": 1024, "access_log": True}
     async with serve(tmp_path, server=settings, pool={"workers": 1}) as srv:
-        cases = [("acc-413", {"json": {"text": "大" * 2000}}, 413),
-                 ("acc-422", {"json": {"text": 42}}, 422),
-                 ("acc-200", {"json": {"text": "好。", "format": "pcm"}}, 200)]
+        cases: list[tuple[str, dict[str, Any], int]] = [
+            ("acc-413", {"json": {"text": "大" * 2000}}, 413),
+            ("acc-422", {"json": {"text": 42}}, 422),
+            ("acc-200", {"json": {"text": "好。", "format": "pcm"}}, 200),
+        ]
         for request_id, kwargs, expected in cases:
             r = await _one_request(srv, headers={"x-request-id": request_id}, **kwargs)
             assert r.status_code == expected

@@ -96,7 +96,7 @@ def _serve(args: argparse.Namespace) -> int:
         http=guarded_protocol(settings.server),
     )
     server = _DrainingServer(config, app, settings.server.drain_delay_s)
-    log.info("listening on http://%s:%d", host, sock.getsockname()[1])
+    log.info("listening on http://%s:%d", f"[{host}]" if ":" in host else host, sock.getsockname()[1])
     with sock:
         server.run(sockets=[sock])
     if not server.started:
