@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,10 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from starlette.types import Message, Receive, Scope, Send
 
 from tests.test_server_process import HOST, Server, _report, _wait_for, serve
+from tts_server.api.middleware import AccessLogMiddleware
 
 pytestmark = pytest.mark.slow
 
@@ -213,3 +216,27 @@ async def test_access_log_has_every_request_including_rejected_ones(tmp_path: Pa
         assert " POST /v1/synthesize 200 " in lines["acc-200"]
         assert " GET /no/such/page 404 " in lines["acc-404"]
         assert all(line.split(" request_id=")[0].endswith("ms") for line in lines.values())
+
+
+async def test_access_log_line_cannot_be_forged_through_the_path(caplog: pytest.LogCaptureFixture) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 404, "headers": [(b"x-request-id", b"forge-1")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        pass
+
+    # uvicorn URL-decodes the path: GET /x%0A...%20200%20... arrives with a real newline in it.
+    scope: Scope = {"type": "http", "method": "GET", "path": "/x\n2026-01-01 INFO tts_server.access: GET / 200",
+                    "client": ("10.0.0.1", 5000), "headers": []}
+    with caplog.at_level(logging.INFO, logger="tts_server.access"):
+        await AccessLogMiddleware(app)(scope, receive, send)
+    [record] = [r for r in caplog.records if r.name == "tts_server.access"]
+    line = record.getMessage()
+    assert "\n" not in line
+    assert line.startswith("10.0.0.1 GET /x\\n2026-01-01")
+    assert line.endswith("request_id=forge-1")
+    assert " 404 " in line
