@@ -1,15 +1,20 @@
-"""The command line: voices and synth run one engine in-process; config errors are reported, not raised."""
+"""The command line: voices and synth run one engine in-process; config errors and a port in use are reported,
+not raised."""
 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
 import soundfile as sf
 
-from tests.conftest import TONE_ENGINE
+from tests.conftest import REPO, TONE_ENGINE
 from tests.engines import SECONDS_PER_CHAR
+from tests.test_server_process import _server_command
 from tts_server.cli import main
 
 
@@ -52,3 +57,20 @@ def test_config_errors_name_the_key(tmp_path: Path, capsys: pytest.CaptureFixtur
     bad.write_text("[pool]\nworkerz = 2\n")
     assert main(["voices", "--config", str(bad)]) == 2
     assert "pool.workerz" in capsys.readouterr().err
+
+
+def test_serve_on_a_port_in_use_exits_with_one_line(config: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TTS_")}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        done = subprocess.run([*_server_command(config, port), "--host", "127.0.0.1"], capture_output=True,
+                              text=True, env=env, timeout=120)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr + done.stdout
+    assert len(lines) == 1, done.stderr
+    assert f"127.0.0.1:{port}" in lines[0]
+    assert "in use" in lines[0]

@@ -70,25 +70,36 @@ class _DrainingServer(uvicorn.Server):
 
 def _serve(args: argparse.Namespace) -> int:
     from tts_server.api.app import create_app
+    from tts_server.api.server import bind_listener, guarded_protocol
 
     settings = _settings(args)
     host = args.host or settings.server.host
     port = args.port or settings.server.port
     logging.basicConfig(level=settings.server.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Bind first: a port in use is one line and an exit status, before any worker is spawned.
+    try:
+        sock = bind_listener(host, port)
+    except OSError as exc:
+        print(f"tts-server: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 3
     # The server process owns its metrics: drop the *_created companion series (a timestamp per series that
     # doubles the scrape size and that no dashboard or alert reads).
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     app = create_app(settings)
     # One uvicorn process: the worker pool is the parallelism, and the pool must have exactly one owner.
+    # uvicorn's access log stays off: ours has the request id and sees the same requests.
     config = uvicorn.Config(
         app, host=host, port=port, log_level=settings.server.log_level,
         timeout_graceful_shutdown=math.ceil(settings.server.drain_timeout_s), access_log=False,
+        http=guarded_protocol(settings.server),
     )
     server = _DrainingServer(config, app, settings.server.drain_delay_s)
-    server.run()
+    log.info("listening on http://%s:%d", f"[{host}]" if ":" in host else host, sock.getsockname()[1])
+    with sock:
+        server.run(sockets=[sock])
     if not server.started:
-        return 3  # the socket could not be bound or the app failed to start; uvicorn logged why
+        return 3  # the app failed to start; uvicorn logged why
     return 0
 
 

@@ -51,6 +51,20 @@ class ServerSettings(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: Request bodies above this are rejected with 413 before they are parsed.
     max_body_bytes: int = Field(64 * 1024, ge=1024)
+    #: Seconds a client gets to send a complete request head, counted from the connection opening (or the end of
+    #: the previous response), not reset by each byte: a client trickling partial headers is answered 408 and
+    #: closed instead of holding a descriptor forever. A real client sends its head in one packet.
+    header_timeout_s: float = Field(10.0, gt=0)
+    #: Seconds a client gets to send the whole request body after its head (408 when the app is still reading it,
+    #: a closed connection otherwise). 30 s lets a max_body_bytes body through at about 2 KiB/s.
+    body_timeout_s: float = Field(30.0, gt=0)
+    #: Open client connections; one more is answered 503 and closed at once, so a flood of idle or slow
+    #: connections cannot exhaust the process's file descriptors. Far above what the worker pool can serve.
+    max_connections: int = Field(512, ge=1)
+    #: One log line per request (method, path, status, duration, request id) on the ``tts_server.access`` logger,
+    #: rejected ones (401/413/429/503...) included. On by default: it is what an operator needs to see an attack
+    #: or a misbehaving client, and costs one line per request next to a synthesis of tens of milliseconds.
+    access_log: bool = True
 
 
 class PoolSettings(_Section):

@@ -14,7 +14,12 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from tts_server import __version__
 from tts_server.api.docs import docs_router
 from tts_server.api.errors import ApiError, install_error_handlers
-from tts_server.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from tts_server.api.middleware import (
+    AccessLogMiddleware,
+    BodyLimitMiddleware,
+    BodyTimeoutMiddleware,
+    RequestIdMiddleware,
+)
 from tts_server.api.openai_compat import router as openai_router
 from tts_server.api.routes import router
 from tts_server.api.security import KeyStore, RateLimiter, SecurityMiddleware, document_security
@@ -92,8 +97,9 @@ def create_app(settings: Settings) -> FastAPI:
         metrics.count_rejection(error.kind.reject_reason)
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes, on_error=count_rejection)
+    app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.server.body_timeout_s)
     # The last added runs first. On the way in: request id, CORS (so 401/429 carry CORS headers and preflights
-    # need no key), keys and rate limit (before any body byte is read), body limit.
+    # need no key), keys and rate limit (before any body byte is read), body deadline, body limit.
     app.add_middleware(SecurityMiddleware, keys=keys, limiter=limiter, on_error=count_rejection)
     if settings.cors.enabled:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors.origins),
@@ -101,6 +107,9 @@ def create_app(settings: Settings) -> FastAPI:
                            allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
                            expose_headers=EXPOSED_HEADERS, max_age=600)
     app.add_middleware(RequestIdMiddleware)
+    if settings.server.access_log:
+        # Outermost, so that requests rejected by any middleware are logged with the status they got.
+        app.add_middleware(AccessLogMiddleware)
     return app
 
 

@@ -69,7 +69,11 @@ NOT_FOUND: Final = _client("not_found", 404, reject_reason=None)
 METHOD_NOT_ALLOWED: Final = _client("method_not_allowed", 405, reject_reason=None)
 BAD_REQUEST: Final = _client("bad_request", 400)
 BODY_TOO_LARGE: Final = _client("body_too_large", 413, reject_reason="too_large")
-REQUEST_TIMEOUT: Final = _client("request_timeout", 408, reject_reason=None)
+HEADER_TIMEOUT: Final = _client("header_timeout", 408, reject_reason=None)
+BODY_TIMEOUT: Final = _client("body_timeout", 408, reject_reason=None)
+#: Refused below HTTP (``server.max_connections``): no request was read, so no request metric moves.
+TOO_MANY_CONNECTIONS: Final = ErrorKind(503, "unavailable_error", "too_many_connections", "rejected", None,
+                                        "too many open connections, retry later", retry_after=True)
 UNAUTHORIZED: Final = _client("invalid_api_key", 401, "authentication_error", reject_reason=None)
 RATE_LIMITED: Final = ErrorKind(429, "rate_limit_error", "rate_limit_exceeded", "rejected", "rate_limited",
                                 retry_after=True)
