@@ -8,7 +8,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,16 +22,26 @@ REQUEST_ID_HEADER: Final = "x-request-id"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-class RequestIdMiddleware:
-    """Give every request an id (the client's ``X-Request-Id`` if it is sane), echo it in the response."""
+class HttpMiddleware:
+    """A pure ASGI middleware that acts on HTTP requests only; everything else (lifespan) passes through."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "http":
+            await self.handle(scope, receive, send)
+        else:
             await self.app(scope, receive, send)
-            return
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class RequestIdMiddleware(HttpMiddleware):
+    """Give every request an id (the client's ``X-Request-Id`` if it is sane), echo it in the response."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = None
         for name, value in scope.get("headers", ()):
             if name == b"x-request-id":
@@ -54,19 +64,84 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-class BodyLimitMiddleware:
+class _Refused(Exception):
+    def __init__(self, error: ApiError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+BodyReader = Callable[[], Awaitable[Message]]
+
+
+class _BodyGuard(HttpMiddleware):
+    """Cuts a request body short with an error of its own. The app then sees a client that left (frameworks turn
+    errors raised from ``receive()`` into their own 400) and whatever it answers is replaced by the guard's error."""
+
+    def __init__(self, app: ASGIApp, on_error: OnError | None = None) -> None:
+        super().__init__(app)
+        self.on_error = on_error
+
+    def refuse_early(self, scope: Scope) -> ApiError | None:
+        """An error to answer before reading anything, from the request head alone."""
+        return None
+
+    def body_reader(self, receive: Receive) -> BodyReader:
+        """This request's ``receive``, raising ``_Refused`` to cut the body short."""
+        raise NotImplementedError
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        early = self.refuse_early(scope)
+        if early is not None:
+            await self._reject(send, early)
+            return
+        read = self.body_reader(receive)
+        refused: ApiError | None = None
+        answered = False
+        replied = False
+
+        async def guarded_receive() -> Message:
+            nonlocal refused
+            if refused is not None:
+                return {"type": "http.disconnect"}
+            if answered:
+                return await receive()  # the app has its body: only the disconnect is left to wait for
+            try:
+                return await read()
+            except _Refused as exc:
+                refused = exc.error
+                return {"type": "http.disconnect"}
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal answered, replied
+            if refused is None:
+                answered = True
+                await send(message)
+            elif not replied:
+                replied = True
+                await self._reject(send, refused)
+
+        await self.app(scope, guarded_receive, guarded_send)
+        if refused is not None and not replied:
+            await self._reject(send, refused)
+
+    async def _reject(self, send: Send, error: ApiError) -> None:
+        if self.on_error is not None:
+            self.on_error(error)
+        await send_error(send, error, close=True)
+
+
+class BodyLimitMiddleware(_BodyGuard):
     """Refuse bodies over ``max_bytes`` with 413, counting the bytes actually received (chunked bodies and
     lying Content-Length headers included)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, on_error: OnError | None = None) -> None:
-        self.app = app
+        super().__init__(app, on_error)
         self.max_bytes = max_bytes
-        self.on_error = on_error
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    def _too_large(self) -> ApiError:
+        return ApiError(BODY_TOO_LARGE, f"request body exceeds {self.max_bytes} bytes")
+
+    def refuse_early(self, scope: Scope) -> ApiError | None:
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
@@ -74,102 +149,54 @@ class BodyLimitMiddleware:
                 except ValueError:
                     declared = 0
                 if declared > self.max_bytes:
-                    await self._reject(send)
-                    return
-        received = 0
-        exceeded = False
-        replied = False
+                    return self._too_large()
+        return None
 
-        async def counting_receive() -> Message:
-            nonlocal received, exceeded
-            if exceeded:
-                return {"type": "http.disconnect"}
+    def body_reader(self, receive: Receive) -> BodyReader:
+        received = 0
+
+        async def read() -> Message:
+            nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    # Frameworks turn errors raised from receive() into their own 400; pretend the client left
-                    # instead and answer 413 in place of whatever the app then says.
-                    exceeded = True
-                    return {"type": "http.disconnect"}
+                    raise _Refused(self._too_large())
             return message
 
-        async def guarded_send(message: Message) -> None:
-            nonlocal replied
-            if not exceeded:
-                await send(message)
-            elif not replied:
-                replied = True
-                await self._reject(send)
-
-        await self.app(scope, counting_receive, guarded_send)
-        if exceeded and not replied:
-            await self._reject(send)
-
-    async def _reject(self, send: Send) -> None:
-        error = ApiError(BODY_TOO_LARGE, f"request body exceeds {self.max_bytes} bytes")
-        if self.on_error is not None:
-            self.on_error(error)
-        await send_error(send, error, close=True)
+        return read
 
 
-class BodyTimeoutMiddleware:
+class BodyTimeoutMiddleware(_BodyGuard):
     """Answer 408 when the request body is not complete ``timeout_s`` after the request started: one deadline for
     the whole body, so a client trickling a byte now and then cannot hold a request (and a connection) open.
 
     Below the app, ``GuardedH11Protocol`` closes connections whose body nobody reads by the same deadline.
     """
 
-    def __init__(self, app: ASGIApp, timeout_s: float) -> None:
-        self.app = app
+    def __init__(self, app: ASGIApp, timeout_s: float, on_error: OnError | None = None) -> None:
+        super().__init__(app, on_error)
         self.timeout_s = timeout_s
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    def body_reader(self, receive: Receive) -> BodyReader:
         deadline = asyncio.get_running_loop().time() + self.timeout_s
-        body_done = False
-        timed_out = False
-        started = False
-        replied = False
+        complete = False
 
-        async def timed_receive() -> Message:
-            nonlocal body_done, timed_out
-            if timed_out:
-                return {"type": "http.disconnect"}
-            if body_done or started:
+        async def read() -> Message:
+            nonlocal complete
+            if complete:
                 return await receive()
             try:
                 async with asyncio.timeout_at(deadline):
                     message = await receive()
             except TimeoutError:
-                # As in BodyLimitMiddleware: the app sees a client that left, and its answer is replaced by 408.
-                timed_out = True
-                return {"type": "http.disconnect"}
+                raise _Refused(ApiError(BODY_TIMEOUT,
+                                        f"request body not received within {self.timeout_s:g}s")) from None
             if message["type"] != "http.request" or not message.get("more_body", False):
-                body_done = True
+                complete = True
             return message
 
-        async def guarded_send(message: Message) -> None:
-            nonlocal started, replied
-            if not timed_out:
-                started = True
-                await send(message)
-            elif not replied:
-                replied = True
-                await self._reject(scope, send)
-
-        await self.app(scope, timed_receive, guarded_send)
-        if timed_out and not replied:
-            await self._reject(scope, send)
-
-    async def _reject(self, scope: Scope, send: Send) -> None:
-        error = ApiError(BODY_TIMEOUT, f"request body not received within {self.timeout_s:g}s")
-        request_id = scope.get("state", {}).get("request_id")
-        if request_id:
-            error.headers[REQUEST_ID_HEADER] = str(request_id)
-        await send_error(send, error, close=True)
+        return read
 
 
 access_log = logging.getLogger("tts_server.access")
@@ -180,17 +207,11 @@ def _printable(text: str) -> str:
     return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
-class AccessLogMiddleware:
+class AccessLogMiddleware(HttpMiddleware):
     """One line per HTTP request on ``tts_server.access``, whatever answered it (a route, or a middleware that
     rejected it first: 401, 408, 413, 429, 503...). Wraps the whole app, so it sees every status actually sent."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         t0 = time.perf_counter()
         status: int | None = None
         request_id: str | None = None

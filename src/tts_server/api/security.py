@@ -23,7 +23,7 @@ from fastapi import FastAPI, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tts_server.api.errors import RATE_LIMITED, UNAUTHORIZED, ApiError, send_error
-from tts_server.api.middleware import OnError
+from tts_server.api.middleware import HttpMiddleware, OnError
 from tts_server.config import ConfigError, Settings
 
 log = logging.getLogger("tts_server.api")
@@ -123,7 +123,7 @@ class RateLimiter:
         return (1.0 - bucket.tokens) / self.rate
 
 
-class SecurityMiddleware:
+class SecurityMiddleware(HttpMiddleware):
     """Authenticate (when enabled) and rate-limit (when enabled) requests to ``/v1/*``.
 
     Always records the principal in ``scope["state"]``, which the ``authenticated`` dependency checks, so a
@@ -132,13 +132,13 @@ class SecurityMiddleware:
 
     def __init__(self, app: ASGIApp, *, keys: KeyStore | None, limiter: RateLimiter | None,
                  on_error: OnError | None = None) -> None:
-        self.app = app
+        super().__init__(app)
         self.keys = keys
         self.limiter = limiter
         self.on_error = on_error
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not _route_path(scope).startswith(PROTECTED_PREFIX):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not _route_path(scope).startswith(PROTECTED_PREFIX):
             await self.app(scope, receive, send)
             return
         client = scope.get("client")
