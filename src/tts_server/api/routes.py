@@ -42,6 +42,7 @@ from tts_server.inference.pool import (
     Overloaded,
     PoolError,
     SynthesisOutcome,
+    WorkerState,
 )
 
 if TYPE_CHECKING:
@@ -344,9 +345,13 @@ async def info(request: Request) -> InfoResponse:
                         speed_max=SPEED_MAX, formats=list(FORMATS), sample_rates=list(SUPPORTED_SAMPLE_RATES))
 
 
-@router.get("/livez", response_model=ProbeResponse, tags=["health"], summary="Liveness: the process is up")
-async def livez() -> ProbeResponse:
-    return ProbeResponse(status="ok")
+@router.get("/livez", response_model=ProbeResponse, tags=["health"],
+            responses={503: {"model": ErrorResponse, "description": "No worker has been ready for too long."}},
+            summary="Liveness: the process is up and has had a ready worker recently (pool.liveness_timeout_s)")
+async def livez(request: Request) -> Response:
+    if _state(request).pool.live:
+        return JSONResponse({"status": "ok"})
+    return _probe_failure("no worker has been ready for too long")
 
 
 @router.get("/readyz", response_model=ProbeResponse, tags=["health"],
@@ -356,7 +361,10 @@ async def readyz(request: Request) -> Response:
     pool = _state(request).pool
     if pool.ready:
         return JSONResponse({"status": "ok"})
-    reason = "draining" if pool.draining else "no worker is ready"
+    return _probe_failure("draining" if pool.draining else "no worker is ready")
+
+
+def _probe_failure(reason: str) -> JSONResponse:
     api = api_error_from_pool(NotReady(5, reason))
     return JSONResponse(
         ErrorResponse.model_validate({"error": {"message": reason, "type": api.type, "code": api.code,
@@ -368,8 +376,9 @@ async def readyz(request: Request) -> Response:
             responses={503: {"model": HealthResponse, "description": "No worker is ready."}})
 async def health(request: Request) -> JSONResponse:
     stats = _state(request).pool.stats()
-    workers = WorkersModel(total=len(stats.workers), starting=stats.count("starting"), ready=stats.count("ready"),
-                           busy=stats.count("busy"), dead=stats.count("dead"))
+    workers = WorkersModel(total=len(stats.workers), starting=stats.count(WorkerState.STARTING),
+                           ready=stats.count(WorkerState.READY), busy=stats.count(WorkerState.BUSY),
+                           dead=stats.count(WorkerState.DEAD))
     serving = workers.ready + workers.busy
     status = "ok" if serving == workers.total and not stats.draining else ("degraded" if serving else "unavailable")
     body = HealthResponse(status=status, model_loaded=serving > 0, draining=stats.draining, workers=workers,
