@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -14,7 +15,13 @@ import pytest
 
 from tests.conftest import pid_alive, read_log, running_app
 from tts_server.config import Settings
-from tts_server.inference.pool import DeadlineExceeded, JobCancelled, WorkerPool
+from tts_server.inference.pool import (
+    DeadlineExceeded,
+    JobCancelled,
+    WorkerCrashed,
+    WorkerPool,
+    WorkerState,
+)
 
 
 async def _wait_for(predicate: Callable[[], bool], limit_s: float = 10.0) -> None:
@@ -81,7 +88,7 @@ async def test_deadline_while_running_kills_and_replaces_worker(make_settings: C
         assert r.json()["error"]["code"] == "deadline_exceeded"
         assert old_pid is not None
         await _wait_for(lambda: not pid_alive(old_pid) or _is_zombie(old_pid))
-        await _wait_for(lambda: pool.stats().count("ready") == 1)
+        await _wait_for(lambda: pool.stats().count(WorkerState.READY) == 1)
         assert pool.stats().workers[0].pid != old_pid
         assert pool.stats().restarts["timeout"] == 1
         assert (await client.post("/v1/synthesize", json={"text": "好"})).status_code == 200
@@ -100,7 +107,7 @@ async def test_kill9_mid_job_is_retried_and_slot_returns(make_settings: Callable
                                                          engine_log: Path) -> None:
     async with running_app(make_settings(pool={"workers": 2})) as (app, client):
         pool: WorkerPool = app.state.tts.pool
-        await _wait_for(lambda: pool.stats().count("ready") == 2)
+        await _wait_for(lambda: pool.stats().count(WorkerState.READY) == 2)
         request = asyncio.create_task(client.post("/v1/synthesize", json={"text": "[sleep=1.5] 被杀的请求"}))
         await _wait_for(lambda: any("被杀" in t for t in _texts(engine_log)))
         victim = next(pid for pid, text in read_log(engine_log) if "被杀" in text)
@@ -111,7 +118,7 @@ async def test_kill9_mid_job_is_retried_and_slot_returns(make_settings: Callable
         runs = [pid for pid, text in read_log(engine_log) if "被杀" in text]
         assert len(runs) == 2
         assert runs[0] == victim != runs[1]
-        await _wait_for(lambda: pool.stats().count("ready") == 2, limit_s=5.0)
+        await _wait_for(lambda: pool.stats().count(WorkerState.READY) == 2, limit_s=5.0)
         assert time.monotonic() - t_kill < 5.0
         assert pool.stats().restarts["crash"] == 1
         metrics = (await client.get("/metrics")).text
@@ -137,7 +144,7 @@ async def test_idle_worker_death_is_noticed(make_settings: Callable[..., Setting
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
         await _wait_for(lambda: pool.stats().restarts["crash"] == 1, limit_s=3.0)
-        await _wait_for(lambda: pool.stats().count("ready") == 1)
+        await _wait_for(lambda: pool.stats().count(WorkerState.READY) == 1)
         assert (await client.post("/v1/synthesize", json={"text": "好"})).status_code == 200
 
 
@@ -146,7 +153,7 @@ async def test_hung_worker_gets_504_and_is_replaced(make_settings: Callable[...,
     settings = make_settings(pool={"workers": 2, "job_timeout_s": 1.5})
     async with running_app(settings) as (app, client):
         pool: WorkerPool = app.state.tts.pool
-        await _wait_for(lambda: pool.stats().count("ready") == 2)
+        await _wait_for(lambda: pool.stats().count(WorkerState.READY) == 2)
         request = asyncio.create_task(client.post("/v1/synthesize", json={"text": "[sleep=0.5] 挂起"}))
         await _wait_for(lambda: any("挂起" in t for t in _texts(engine_log)))
         victim = next(pid for pid, text in read_log(engine_log) if "挂起" in text)
@@ -156,7 +163,7 @@ async def test_hung_worker_gets_504_and_is_replaced(make_settings: Callable[...,
         assert other.status_code == 200
         r = await request
         assert r.status_code == 504
-        await _wait_for(lambda: pool.stats().count("ready") == 2, limit_s=10.0)
+        await _wait_for(lambda: pool.stats().count(WorkerState.READY) == 2, limit_s=10.0)
         assert victim not in {w.pid for w in pool.stats().workers}
         assert not pid_alive(victim) or _is_zombie(victim)
         assert pool.stats().restarts["timeout"] == 1
@@ -268,10 +275,200 @@ async def test_crash_loop_marks_slot_dead(make_settings: Callable[..., Settings]
                              pool={"workers": 1, "crash_loop_threshold": 2, "restart_backoff_s": 0.05})
     async with running_app(settings, wait_ready=False) as (app, client):
         pool: WorkerPool = app.state.tts.pool
-        await _wait_for(lambda: pool.stats().count("dead") == 1, limit_s=60)
+        await _wait_for(lambda: pool.stats().count(WorkerState.DEAD) == 1, limit_s=60)
         assert (await client.get("/readyz")).status_code == 503
         health = await client.get("/health")
         assert health.status_code == 503
         assert health.json()["workers"]["dead"] == 1
         r = await client.post("/v1/synthesize", json={"text": "好"})
         assert r.status_code == 503
+
+
+# --- self-healing, deadlines, heartbeats, cancellation ------------------------------------------------------
+
+
+async def test_slot_survives_more_crashes_than_the_threshold(make_settings: Callable[..., Settings]) -> None:
+    # A restart that reaches Ready resets the failure count: crashes spread over time never kill the slot.
+    settings = make_settings(pool={"workers": 1, "crash_loop_threshold": 2, "restart_backoff_s": 0.05,
+                                   "restart_backoff_max_s": 0.2})
+    async with running_app(settings) as (app, client):
+        pool: WorkerPool = app.state.tts.pool
+        for kill in range(4):
+            await _wait_for(lambda: pool.stats().count(WorkerState.READY) == 1, limit_s=30.0)
+            pid = pool.stats().workers[0].pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            await _wait_for(lambda n=kill: pool.stats().restarts["crash"] == n + 1, limit_s=5.0)
+        await _wait_for(lambda: pool.stats().count(WorkerState.READY) == 1, limit_s=30.0)
+        assert (await client.post("/v1/synthesize", json={"text": "好"})).status_code == 200
+        assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_no_startable_worker_fails_queued_and_new_jobs_at_once(
+        make_settings: Callable[..., Settings], engine_log: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = tmp_path / "broken"
+    monkeypatch.setenv("TTS_TEST_BREAK_FILE", str(broken))
+    settings = make_settings(engine={"name": "tests.pool_engines:breakable_engine"},
+                             pool={"workers": 1, "job_timeout_s": 30.0, "restart_backoff_s": 0.2,
+                                   "restart_backoff_max_s": 0.5})
+    async with running_app(settings) as (app, client):
+        pool: WorkerPool = app.state.tts.pool
+        running = asyncio.create_task(client.post("/v1/synthesize", json={"text": "[sleep=3] 运行中"}))
+        await _wait_for(lambda: any("运行中" in t for t in _texts(engine_log)))
+        queued = [asyncio.create_task(client.post("/v1/synthesize", json={"text": f"排队{i}"})) for i in range(2)]
+        await _wait_for(lambda: pool.stats().queue_depth == 2)
+        broken.touch()  # every restart fails from now on
+        os.kill(pool.stats().workers[0].pid or 0, signal.SIGKILL)
+        t0 = time.monotonic()
+        # Before: the slot went on failing, was marked dead, and these requests waited forever.
+        results = await asyncio.wait_for(asyncio.gather(running, *queued), 20.0)
+        assert time.monotonic() - t0 < 10.0
+        for r in results:
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "not_ready"
+        t0 = time.monotonic()
+        late = await client.post("/v1/synthesize", json={"text": "新来的"})
+        assert late.status_code == 503
+        assert time.monotonic() - t0 < 0.5
+        assert (await client.get("/readyz")).status_code == 503
+        assert pool.stats().count(WorkerState.DEAD) == 1
+        # The slot keeps retrying: once the model is readable again it serves without a restart of the server.
+        broken.unlink()
+        await _wait_for(lambda: pool.stats().count(WorkerState.READY) == 1, limit_s=30.0)
+        assert (await client.post("/v1/synthesize", json={"text": "好了"})).status_code == 200
+
+
+async def test_livez_fails_once_no_worker_was_ready_for_the_liveness_timeout(
+        make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(engine={"name": "tests.engines:broken_engine"},
+                             pool={"workers": 1, "liveness_timeout_s": 2.0, "restart_backoff_s": 0.1})
+    async with running_app(settings, wait_ready=False) as (_, client):
+        t0 = time.monotonic()
+        assert (await client.get("/livez")).status_code == 200
+        while (r := await client.get("/livez")).status_code == 200:
+            assert time.monotonic() - t0 < 15.0, "livez never failed"
+            await asyncio.sleep(0.05)
+        assert r.status_code == 503
+        assert time.monotonic() - t0 >= 1.5
+
+
+async def test_queued_job_gets_its_504_at_the_deadline(make_settings: Callable[..., Settings],
+                                                       engine_log: Path) -> None:
+    pool = WorkerPool(make_settings(pool={"workers": 1}))
+    await pool.start()
+    try:
+        assert await pool.wait_ready(60)
+        slow = pool.submit(text="[sleep=3] 前面", voice="alpha", emotion="neutral", speed=1.0, request_id="a")
+        await _wait_for(lambda: pool.stats().in_progress == 1)
+        t0 = time.monotonic()
+        doomed = pool.submit(text="后面", voice="alpha", emotion="neutral", speed=1.0, request_id="b", timeout_s=1.0)
+        with pytest.raises(DeadlineExceeded):
+            await doomed.result()
+        waited = time.monotonic() - t0
+        assert 0.9 <= waited < 1.6, waited  # before: ~3 s, when the worker freed up
+        assert pool.stats().queue_depth == 0
+        await slow.result()
+        assert "后面" not in _texts(engine_log)
+    finally:
+        await pool.close()
+
+
+_FAST_HEARTBEAT = {"heartbeat_interval_s": 0.3, "heartbeat_timeout_s": 1.0}
+
+
+async def test_sigstopped_idle_worker_is_replaced_and_gets_no_job(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(pool={"workers": 2, "job_timeout_s": 6.0, **_FAST_HEARTBEAT})
+    async with running_app(settings) as (app, client):
+        pool: WorkerPool = app.state.tts.pool
+        await _wait_for(lambda: pool.stats().count(WorkerState.READY) == 2)
+        victim = pool.stats().workers[0].pid
+        assert victim is not None
+        os.kill(victim, signal.SIGSTOP)
+        try:
+            # Once its ping is unanswered the hung worker gets no job: each request runs at once on the other one
+            # (a job handed to it would wait for the heartbeat timeout, 1 s, or before this fix the deadline).
+            await asyncio.sleep(0.5)
+            latencies = []
+            for i in range(4):
+                t0 = time.monotonic()
+                r = await client.post("/v1/synthesize", json={"text": f"[sleep=0.1] 其他{i}"})
+                latencies.append(time.monotonic() - t0)
+                assert r.status_code == 200, r.text
+            assert max(latencies) < 0.8, latencies
+            await _wait_for(lambda: not pid_alive(victim) or _is_zombie(victim), limit_s=5.0)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
+        assert pool.stats().restarts["timeout"] == 1
+        await _wait_for(lambda: pool.stats().count(WorkerState.READY) == 2, limit_s=30.0)
+
+
+async def test_readyz_fails_when_every_worker_is_hung(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(pool={"workers": 2, **_FAST_HEARTBEAT})
+    async with running_app(settings) as (app, client):
+        pool: WorkerPool = app.state.tts.pool
+        await _wait_for(lambda: pool.stats().count(WorkerState.READY) == 2)
+        victims = [w.pid for w in pool.stats().workers if w.pid is not None]
+        for pid in victims:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            while (await client.get("/readyz")).status_code == 200:
+                assert time.monotonic() - t0 < 5.0, "readyz stayed 200 with every worker hung"
+                await asyncio.sleep(0.02)
+        finally:
+            for pid in victims:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        await _wait_for(lambda: pool.stats().count(WorkerState.READY) == 2
+                        and not {w.pid for w in pool.stats().workers} & set(victims), limit_s=30.0)
+        assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_cancelled_stream_stops_at_the_next_sentence(make_settings: Callable[..., Settings],
+                                                           engine_log: Path) -> None:
+    pool = WorkerPool(make_settings(pool={"workers": 1}))
+    await pool.start()
+    try:
+        assert await pool.wait_ready(60)
+        pid = pool.stats().workers[0].pid
+        handle = pool.submit(text="[sleep=0.5] 一。二。三。四。五。六。七。八。", voice="alpha", emotion="neutral",
+                             speed=1.0, request_id="s", stream=True)
+        chunks = handle.chunks()
+        await chunks.__anext__()
+        t0 = time.monotonic()
+        pool.cancel(handle)
+        with pytest.raises(JobCancelled):
+            await handle.result()
+        stopped = time.monotonic() - t0
+        assert stopped < 1.3, stopped  # one sentence is 0.5 s; before: the whole 4 s text ran
+        await chunks.aclose()
+        t0 = time.monotonic()
+        nxt = pool.submit(text="下一个", voice="alpha", emotion="neutral", speed=1.0, request_id="n")
+        assert (await nxt.result()).audio_seconds > 0
+        assert time.monotonic() - t0 < 1.0
+        assert pool.stats().workers[0].pid == pid  # the worker stayed in service
+        assert sum(pool.stats().restarts.values()) == 0
+    finally:
+        await pool.close()
+
+
+async def test_worker_crashed_says_how_many_attempts_were_made(make_settings: Callable[..., Settings],
+                                                               engine_log: Path) -> None:
+    pool = WorkerPool(make_settings(pool={"workers": 2}))
+    await pool.start()
+    try:
+        assert await pool.wait_ready(60)
+        handle = pool.submit(text="[sleep=0.5] 一。二。三。四。", voice="alpha", emotion="neutral", speed=1.0,
+                             request_id="s", stream=True)
+        chunks = handle.chunks()
+        await chunks.__anext__()
+        os.kill(next(pid for pid, text in read_log(engine_log) if "一。" in text), signal.SIGKILL)
+        with pytest.raises(WorkerCrashed) as info:
+            await handle.result()
+        # Audio had gone out, so it was not retried: one attempt, not "failed twice".
+        assert info.value.attempts == 1
+        await chunks.aclose()
+    finally:
+        await pool.close()

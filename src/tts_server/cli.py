@@ -48,6 +48,8 @@ class _DrainingServer(uvicorn.Server):
         self._app = app
         self._delay_s = delay_s
         self._exit_at: float | None = None
+        #: Why the server gave up on its own (set when no worker could load the engine at all).
+        self.fatal: str | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.should_exit:
@@ -63,6 +65,11 @@ class _DrainingServer(uvicorn.Server):
 
     async def on_tick(self, counter: int) -> bool:
         if self._exit_at is not None and time.monotonic() >= self._exit_at:
+            self.should_exit = True
+        state = getattr(self._app.state, "tts", None)
+        if self.fatal is None and state is not None and state.pool.startup_error is not None:
+            # A model that cannot load on the first try will not load on the fifth: stop instead of serving 503s.
+            self.fatal = state.pool.startup_error
             self.should_exit = True
         stop: bool = await super().on_tick(counter)
         return stop
@@ -98,6 +105,9 @@ def _serve(args: argparse.Namespace) -> int:
     log.info("listening on http://%s:%d", f"[{host}]" if ":" in host else host, sock.getsockname()[1])
     with sock:
         server.run(sockets=[sock])
+    if server.fatal is not None:
+        print(f"tts-server: {server.fatal}", file=sys.stderr)
+        return 4
     if not server.started:
         return 3  # the app failed to start; uvicorn logged why
     return 0

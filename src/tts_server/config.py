@@ -79,11 +79,23 @@ class PoolSettings(_Section):
     max_worker_rss_mb: int = Field(0, ge=0)
     #: Time a worker may take to load and warm up its engine.
     startup_timeout_s: float = Field(300.0, gt=0)
-    #: Restart back-off: first delay, doubled per consecutive failure up to the max.
+    #: Restart back-off: first delay, doubled per consecutive failure up to the max. A slot never gives up: a
+    #: transient fault (a full disk, a model directory being replaced) must heal without a pod restart.
     restart_backoff_s: float = Field(0.5, ge=0)
     restart_backoff_max_s: float = Field(30.0, ge=0)
-    #: Consecutive failed starts (or crashes before any job completed) after which a slot is marked dead.
+    #: Consecutive failures (failed starts, crashes) after which a slot's failures are logged as a crash loop.
+    #: The counter is reset by a worker reporting ready.
     crash_loop_threshold: int = Field(5, ge=1)
+    #: The parent pings each worker this often; a worker answers from a thread, idle or busy, so a missed answer
+    #: means a hung (stopped, wedged) process, not a long job.
+    heartbeat_interval_s: float = Field(1.0, gt=0)
+    #: A worker that has not answered a ping for this long is killed and replaced (its job, if any, is retried);
+    #: a worker with an unanswered ping never gets a new job and does not count as ready.
+    heartbeat_timeout_s: float = Field(3.0, gt=0)
+    #: ``/livez`` fails once no worker has been ready for this long (since start-up, or since the last one was
+    #: lost), so that an orchestrator restarts a pod that cannot heal itself. Must comfortably exceed the model
+    #: load time.
+    liveness_timeout_s: float = Field(600.0, gt=0)
     #: Seconds a stopping worker gets between SIGTERM and SIGKILL.
     kill_grace_s: float = Field(2.0, ge=0)
 

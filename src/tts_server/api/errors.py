@@ -84,6 +84,9 @@ NOT_READY: Final = ErrorKind(503, "unavailable_error", "not_ready", "rejected", 
 #: Readiness while shutting down: load balancers should send the request to another instance.
 DRAINING: Final = ErrorKind(503, "unavailable_error", "draining", "rejected", "not_ready",
                             "server is draining, use another instance", retry_after=True)
+#: Liveness: no worker has been ready for ``pool.liveness_timeout_s``; probes only, never a request outcome.
+NOT_LIVE: Final = ErrorKind(503, "unavailable_error", "not_live", "server_error", None,
+                            "no worker has been ready for too long", retry_after=True)
 WORKER_CRASHED: Final = ErrorKind(503, "unavailable_error", "worker_crashed", "server_error", None,
                                   "the synthesis worker died, retry later", retry_after=True)
 DEADLINE_EXCEEDED: Final = ErrorKind(504, "timeout_error", "deadline_exceeded", "timeout", None,

@@ -43,7 +43,7 @@ from tts_server.api.serving import (
 )
 from tts_server.api.state import app_state
 from tts_server.inference.audio import FORMATS, SUPPORTED_SAMPLE_RATES, wav_stream_header
-from tts_server.inference.pool import NotReady
+from tts_server.inference.pool import NotReady, WorkerState
 
 router = APIRouter()
 
@@ -123,9 +123,13 @@ async def info(request: Request) -> InfoResponse:
                         speed_max=SPEED_MAX, formats=list(FORMATS), sample_rates=list(SUPPORTED_SAMPLE_RATES))
 
 
-@router.get("/livez", response_model=ProbeResponse, tags=["health"], summary="Liveness: the process is up")
-async def livez() -> ProbeResponse:
-    return ProbeResponse(status="ok")
+@router.get("/livez", response_model=ProbeResponse, tags=["health"], responses=errors.openapi_errors(503),
+            summary="Liveness: the process is up and has had a ready worker recently (pool.liveness_timeout_s)")
+async def livez(request: Request) -> Response:
+    if app_state(request).pool.live:
+        return JSONResponse({"status": "ok"})
+    # Restarting the pod is the remedy: no worker could be started for longer than any model load takes.
+    return ApiError(errors.NOT_LIVE, retry_after=5).response()
 
 
 @router.get("/readyz", response_model=ProbeResponse, tags=["health"], responses=errors.openapi_errors(503),
@@ -141,8 +145,9 @@ async def readyz(request: Request) -> Response:
             responses={503: {"model": HealthResponse, "description": "No worker is ready."}})
 async def health(request: Request) -> JSONResponse:
     stats = app_state(request).pool.stats()
-    workers = WorkersModel(total=len(stats.workers), starting=stats.count("starting"), ready=stats.count("ready"),
-                           busy=stats.count("busy"), dead=stats.count("dead"))
+    workers = WorkersModel(total=len(stats.workers), starting=stats.count(WorkerState.STARTING),
+                           ready=stats.count(WorkerState.READY), busy=stats.count(WorkerState.BUSY),
+                           dead=stats.count(WorkerState.DEAD))
     serving = workers.ready + workers.busy
     status = "ok" if serving == workers.total and not stats.draining else ("degraded" if serving else "unavailable")
     body = HealthResponse(status=status, model_loaded=serving > 0, draining=stats.draining, workers=workers,

@@ -1,8 +1,8 @@
 """Messages that cross the parent/worker process boundary.
 
 Every message is a small frozen dataclass so that the protocol is explicit and picklable under ``spawn``.
-Parent -> worker: ``Job``, ``Shutdown``. Worker -> parent: ``Ready``, ``StartupFailed``, ``Chunk``, ``Result``,
-``Failure``.
+Parent -> worker: ``Job``, ``Ping``, ``Cancel``, ``Shutdown``. Worker -> parent: ``Ready``, ``StartupFailed``,
+``Pong``, ``Chunk``, ``Result``, ``Failure``, ``Cancelled``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,28 @@ class Job:
 @dataclass(frozen=True)
 class Shutdown:
     """Finish nothing further and exit cleanly."""
+
+
+@dataclass(frozen=True)
+class Ping:
+    """Heartbeat: the worker answers with ``Pong`` at once, idle or busy (a thread in the worker reads the pipe)."""
+
+
+@dataclass(frozen=True)
+class Pong:
+    pass
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Stop a streaming job at the next sentence boundary; the worker answers ``Cancelled`` (or has finished)."""
+
+    job_id: int
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    job_id: int
 
 
 @dataclass(frozen=True)
@@ -81,4 +103,4 @@ class Failure:
     expired: bool = False
 
 
-WorkerMessage = Ready | StartupFailed | Chunk | Result | Failure
+WorkerMessage = Ready | StartupFailed | Pong | Chunk | Result | Failure | Cancelled

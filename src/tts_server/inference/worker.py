@@ -1,11 +1,18 @@
-"""Worker process: loads one engine, warms it up, then runs jobs sent over its pipe until told to stop."""
+"""Worker process: loads one engine, warms it up, then runs jobs sent over its pipe until told to stop.
+
+A reader thread owns the receiving end of the pipe so that the worker answers heartbeats (``Ping``) and takes note of
+``Cancel`` while the main thread synthesises; jobs go to the main thread through a local queue.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
+import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 
 import numpy as np
@@ -13,7 +20,19 @@ import numpy as np
 from tts_server.config import Settings
 from tts_server.inference.engine import EngineError, Synthesis
 from tts_server.inference.loading import load_engine
-from tts_server.inference.messages import Chunk, Failure, Job, Ready, Result, Shutdown, StartupFailed
+from tts_server.inference.messages import (
+    Cancel,
+    Cancelled,
+    Chunk,
+    Failure,
+    Job,
+    Ping,
+    Pong,
+    Ready,
+    Result,
+    Shutdown,
+    StartupFailed,
+)
 
 log = logging.getLogger("tts_server.worker")
 
@@ -34,27 +53,58 @@ def worker_main(conn: Connection, settings: Settings, slot: int) -> None:
         engine.warm_up()
         voices = tuple(engine.voices().values())
     except Exception as exc:  # any load failure must reach the parent as a message, not a silent exit
-        log.exception("engine failed to load")
-        conn.send(StartupFailed(message=f"{type(exc).__name__}: {exc}"))
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        # One line at error level (it ends up as the reason ``serve`` exits with); the traceback for debugging.
+        log.error("engine failed to load: %s", message, exc_info=log.isEnabledFor(logging.DEBUG))
+        conn.send(StartupFailed(message=message))
         conn.close()
         return
-    conn.send(Ready(pid=os.getpid(), load_seconds=time.perf_counter() - started, voices=voices))
+    send_lock = threading.Lock()
 
+    def send(msg: object) -> None:
+        with send_lock:  # the reader thread answers pings while the main thread sends chunks
+            conn.send(msg)
+
+    send(Ready(pid=os.getpid(), load_seconds=time.perf_counter() - started, voices=voices))
+    jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+    cancelled: set[int] = set()
+    threading.Thread(target=_read_pipe, args=(conn, send, jobs, cancelled), name="tts-pipe", daemon=True).start()
+    while True:
+        job = jobs.get()
+        if job is None:
+            return  # Shutdown, or the parent is gone
+        send(_run(engine, job, send, cancelled))
+        # Only the running job is ever cancelled; a Cancel that crossed its Result is stale.
+        cancelled.clear()
+
+
+def _read_pipe(conn: Connection, send: Callable[[object], None], jobs: queue.SimpleQueue[Job | None],
+               cancelled: set[int]) -> None:
     while True:
         try:
             msg = conn.recv()
         except (EOFError, OSError):
-            return  # the parent is gone
-        if isinstance(msg, Shutdown):
-            conn.close()
+            jobs.put(None)
             return
-        if not isinstance(msg, Job):
+        if isinstance(msg, Ping):
+            try:
+                send(Pong())
+            except OSError:
+                jobs.put(None)
+                return
+        elif isinstance(msg, Cancel):
+            cancelled.add(msg.job_id)
+        elif isinstance(msg, Job):
+            jobs.put(msg)
+        elif isinstance(msg, Shutdown):
+            jobs.put(None)
+            return
+        else:
             log.error("unexpected message %s", type(msg).__name__)
-            continue
-        conn.send(_run(engine, msg, conn))
 
 
-def _run(engine: object, job: Job, conn: Connection) -> Result | Failure:
+def _run(engine: object, job: Job, send: Callable[[object], None],
+         cancelled: set[int]) -> Result | Failure | Cancelled:
     from tts_server.inference.engine import Engine
 
     assert isinstance(engine, Engine)
@@ -73,7 +123,10 @@ def _run(engine: object, job: Job, conn: Connection) -> Result | Failure:
                 _add_stages(stages, piece)
                 sample_rate = piece.sample_rate
                 audio_seconds += len(piece.audio) / piece.sample_rate
-                conn.send(Chunk(job.job_id, seq, np.ascontiguousarray(piece.audio, np.float32), piece.sample_rate))
+                send(Chunk(job.job_id, seq, np.ascontiguousarray(piece.audio, np.float32), piece.sample_rate))
+                if job.job_id in cancelled:
+                    # The client went away: stop before the next sentence and stay in service.
+                    return Cancelled(job.job_id)
             audio = _EMPTY
         else:
             syn = engine.synthesize(job.text, job.voice, job.emotion, job.speed, input_format=job.input_format)

@@ -22,7 +22,7 @@ from tts_server import __version__
 from tts_server.config import Settings
 from tts_server.inference.audio import FORMATS
 from tts_server.inference.engine import STAGES
-from tts_server.inference.pool import RESTART_REASONS, WORKER_STATES, PoolStats, SynthesisOutcome
+from tts_server.inference.pool import RESTART_REASONS, WORKER_STATES, PoolStats, SynthesisOutcome, WorkerState
 
 #: Seconds, for TTS on CPU: a short sentence takes ~0.1 s, a long paragraph under load a minute or two.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0)
@@ -66,7 +66,7 @@ class _PoolCollector(Collector):
             in_progress.add_metric([], stats.in_progress)
             for state in WORKER_STATES:
                 workers.add_metric([state], stats.count(state))
-            serving = stats.count("ready") + stats.count("busy") > 0
+            serving = stats.count(WorkerState.READY) + stats.count(WorkerState.BUSY) > 0
             # Until a worker has reported its voices, the configured ones are the voices expected, at 0, so a
             # model that never loads shows up as not loaded instead of as no data.
             for voice in self._voices() or self._settings.model.voices:
@@ -76,7 +76,7 @@ class _PoolCollector(Collector):
                 label = str(w.slot)
                 if w.load_seconds is not None:
                     load_s.add_metric([label], w.load_seconds)
-                if w.pid is None or w.state not in ("ready", "busy"):
+                if w.pid is None or w.state not in (WorkerState.READY, WorkerState.BUSY):
                     continue
                 live_pids.add(w.pid)
                 proc = self._procs.get(w.pid)
