@@ -61,9 +61,9 @@ def test_worker_passes_input_format_to_the_engine(engine_log: Path, stream: bool
     parent, child = Pipe()
     try:
         doc = "<speak>你好<break/>世界</speak>"
-        outcome = _run(engine, _job(doc, "ssml", stream), child)
+        outcome = _run(engine, _job(doc, "ssml", stream), child.send, set())
         assert isinstance(outcome, Result)
-        as_text = _run(engine, _job(doc, "text", stream), child)
+        as_text = _run(engine, _job(doc, "text", stream), child.send, set())
         assert isinstance(as_text, Result)
         # Read as SSML, only the four characters are spoken; as text, the markup is spoken too.
         assert outcome.audio_seconds < as_text.audio_seconds
@@ -73,7 +73,7 @@ def test_worker_passes_input_format_to_the_engine(engine_log: Path, stream: bool
                 chunks.append(parent.recv())
             assert chunks
             assert all(isinstance(c, Chunk) for c in chunks)
-        bad = _run(engine, _job("<speak>你好", "ssml", stream), child)
+        bad = _run(engine, _job("<speak>你好", "ssml", stream), child.send, set())
         assert isinstance(bad, Failure)
         assert bad.client_error
         assert bad.message.startswith("invalid SSML")

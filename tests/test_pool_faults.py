@@ -472,3 +472,17 @@ async def test_worker_crashed_says_how_many_attempts_were_made(make_settings: Ca
         await chunks.aclose()
     finally:
         await pool.close()
+
+
+async def test_close_during_heartbeats_returns_and_leaves_no_process(make_settings: Callable[..., Settings]) -> None:
+    # Regression: close() could hang for ever. An idle slot re-takes its queue place around every heartbeat, and
+    # awaiting the cancelled take under suppress(CancelledError) also swallowed close()'s cancellation of the slot
+    # task, which then went on serving. Pings every few milliseconds make that window easy to hit.
+    settings = make_settings(pool={"workers": 2, "heartbeat_interval_s": 0.005, "heartbeat_timeout_s": 5.0})
+    for attempt in range(8):
+        pool = WorkerPool(settings)
+        await pool.start()
+        assert await pool.wait_ready(60)
+        await asyncio.sleep(0.1 + 0.013 * attempt)
+        await asyncio.wait_for(pool.close(), 20)
+        assert all(w.state is WorkerState.STOPPED for w in pool.stats().workers), attempt

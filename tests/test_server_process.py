@@ -339,7 +339,7 @@ async def test_sigterm_turns_unready_first_then_drains_and_exits_0(tmp_path: Pat
                 r = await probe.get("/readyz")
                 if r.status_code == 503:
                     first_503 = time.monotonic() - t_term
-                    assert r.json()["error"]["message"] == "draining"
+                    assert r.json()["error"]["code"] == "draining"
                     unready.set()
                 await asyncio.sleep(0.01)
             assert first_503 is not None, "readiness never turned 503 while the listener was open"

@@ -234,8 +234,9 @@ async def _until_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T
         gone.cancel()
     if not task.done():
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, PoolError):
-            await task
+        await asyncio.wait({task})  # its outcome no longer matters; a cancellation of ours still propagates
+        if not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not log it as never retrieved
         raise JobCancelled("client disconnected")
     return task.result()
 

@@ -184,6 +184,16 @@ def _pump(conn: Connection, sentinel: int, post: Callable[[WorkerMessage | str],
     post(_DIED)
 
 
+async def _receive(inbox: asyncio.Queue[WorkerMessage | str], timeout_s: float) -> WorkerMessage | str | None:
+    """The next message, or None after ``timeout_s``. Not ``asyncio.wait_for``: on Python 3.11 it can swallow a
+    cancellation that arrives with the message, and a slot task that ignored ``close()`` would serve forever."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await inbox.get()
+    except TimeoutError:
+        return None
+
+
 # --- jobs ---------------------------------------------------------------------------------------------------
 
 
@@ -602,10 +612,7 @@ class WorkerPool:
         await loop.run_in_executor(self._executor, process.start)
         child_conn.close()
         slot.pump = loop.run_in_executor(self._executor, _pump, parent_conn, process.sentinel, post)
-        try:
-            msg = await asyncio.wait_for(inbox.get(), self._pool.startup_timeout_s)
-        except TimeoutError:
-            msg = "startup timeout"
+        msg = await _receive(inbox, self._pool.startup_timeout_s) or "startup timeout"
         if not isinstance(msg, Ready):
             detail = msg.message if isinstance(msg, StartupFailed) else msg
             log.error("worker slot %d failed to start (%s)", slot.index, detail)
@@ -683,8 +690,11 @@ class WorkerPool:
                 if slot.ping_sent_at is not None and take is not None and not take.done():
                     # A job must not go to a worker that has not answered its latest ping.
                     take.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await take
+                    # Not ``await take`` under suppress(CancelledError): that would also swallow a cancellation
+                    # of this task (close()), and the slot would go on serving for ever.
+                    await asyncio.wait({take})
+                    if not take.cancelled():
+                        self._queue.push_front(take.result())
                     take = None
                 if take is None and slot.ping_sent_at is None:
                     take = asyncio.ensure_future(self._queue.take())
@@ -743,9 +753,8 @@ class WorkerPool:
                 self._complete_failure(handle, DeadlineExceeded("deadline exceeded while running"))
                 await self._stop_process(slot, graceful=False)
                 return "timeout"
-            try:
-                msg = await asyncio.wait_for(slot.inbox.get(), min(wait_s, remaining))
-            except TimeoutError:
+            msg = await _receive(slot.inbox, min(wait_s, remaining))
+            if msg is None:
                 continue
             if msg == _DIED:
                 return await self._worker_lost(slot, handle, "crash")
