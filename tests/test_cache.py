@@ -122,6 +122,20 @@ async def test_unpaired_surrogates_are_a_422(make_settings: Callable[..., Settin
     assert jobs(engine_log) == ["\U0001f600你好"]
 
 
+@pytest.mark.parametrize("enabled", [False, True])
+async def test_unpaired_surrogates_are_a_422_on_the_openai_route(make_settings: Callable[..., Settings],
+                                                                  enabled: bool) -> None:
+    async with running_app(make_settings(pool={"workers": 1}, cache={"enabled": enabled})) as (_, client):
+        r = await client.post("/v1/audio/speech", content=b'{"model": "tts-1", "voice": "alpha", '
+                                                          b'"input": "\\ud800\xe4\xbd\xa0"}',
+                              headers={"content-type": "application/json"})
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["param"] == "input"
+        assert "surrogate" in r.json()["error"]["message"]
+        blank = await client.post("/v1/audio/speech", json={"model": "tts-1", "voice": "alpha", "input": "  "})
+        assert (blank.status_code, blank.json()["error"]["param"]) == (422, "input")
+
+
 async def test_identical_concurrent_requests_coalesce(make_settings: Callable[..., Settings],
                                                       engine_log: Path) -> None:
     async with running_app(make_settings(pool={"workers": 2}, cache={"enabled": True})) as (_, client):

@@ -74,8 +74,9 @@ def worker_main(conn: Connection, settings: Settings, slot: int) -> None:
         if job is None:
             return  # Shutdown, or the parent is gone
         send(_run(engine, job, send, cancelled))
-        # Only the running job is ever cancelled; a Cancel that crossed its Result is stale.
-        cancelled.clear()
+        # Only the running job is ever cancelled: a Cancel for it or an older job (one that crossed its Result) is
+        # stale now. Not clear(): the reader thread may already have noted a Cancel for the job queued next.
+        cancelled.difference_update([i for i in list(cancelled) if i <= job.job_id])
 
 
 def _read_pipe(conn: Connection, send: Callable[[object], None], jobs: queue.SimpleQueue[Job | None],
