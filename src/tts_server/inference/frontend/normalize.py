@@ -150,6 +150,9 @@ _UNITS = {
     "kW": "千瓦", "kV": "千伏", "mA": "毫安", "dB": "分贝", "°C": "摄氏度", "℃": "摄氏度", "°F": "华氏度",
     "℉": "华氏度", "°": "度", "m": "米", "g": "克", "t": "吨", "L": "升", "h": "小时", "s": "秒", "W": "瓦",
     "V": "伏", "A": "安",
+    "cm³": "立方厘米", "mm²": "平方毫米", "kcal": "千卡", "kPa": "千帕", "MPa": "兆帕", "hPa": "百帕",
+    "μm": "微米", "µm": "微米", "μg": "微克", "µg": "微克", "MW": "兆瓦", "mW": "毫瓦", "Gbps": "吉比特每秒",
+    "kbps": "千比特每秒", "MB/s": "兆字节每秒", "rpm": "转每分钟", "mmHg": "毫米汞柱",
 }  # fmt: skip
 # Single-letter units only right after the number (5m), so that "5 A" stays a letter; longer ones may be spaced.
 _LONG_UNIT_RE = "|".join(re.escape(u) for u in sorted(_UNITS, key=len, reverse=True) if len(u) > 1)
@@ -161,6 +164,69 @@ _SYMBOL_WORDS = {"&": "和", "@": "艾特", "＆": "和", "×": "乘", "÷": "�
 
 
 _MEASURE_RE = "|".join(re.escape(w) for w in sorted(set(_MEASURE_WORDS), key=len, reverse=True))
+
+_CURRENCY_WORDS = frozenset({"元", "块", "美元", "欧元", "英镑", "韩元", "卢比", "人民币", "日元", "港币", "港元"})
+_TEMPERATURE_UNITS = frozenset({"摄氏度", "华氏度"})
+_TEMPERATURE_BEFORE_RE = re.compile(r"气温|温度|低温|高温|体温|室温|水温|最低|最高")
+
+# Words after which a number is an identifier read digit by digit (编号27149, 投诉电话10015, 房间1208); those in
+# _PHONE_KEYWORDS read 1 as 幺, as phone numbers are read out. Only numbers of three or more digits (a shorter
+# one reads the same either way, or is a count: 房间2个).
+_DIGIT_KEYWORDS = (
+    "编号", "号码", "电话", "热线", "专线", "手机", "手机号", "座机", "分机", "传真", "拨打", "致电", "呼叫",
+    "房间", "房号", "房间号", "航班", "航班号", "车次", "单号", "订单号", "运单号", "快递单号", "尾号", "工号",
+    "学号", "账号", "帐号", "卡号", "邮编", "邮政编码", "验证码", "密码", "代码", "股票代码", "代号", "型号",
+    "序列号", "批号", "证号", "身份证", "身份证号", "车牌号", "门牌号", "座位号", "区号", "QQ", "微信号",
+)  # fmt: skip
+_PHONE_KEYWORDS = frozenset(
+    {"号码", "电话", "热线", "专线", "手机", "手机号", "座机", "分机", "传真", "拨打", "致电", "呼叫"}
+)
+_DIGIT_KEYWORD_RE = "|".join(re.escape(w) for w in sorted(_DIGIT_KEYWORDS, key=len, reverse=True))
+# ...but not a number followed by a measure word or unit: 手机3999元, 代码1000行, 电话300个 are quantities. 号 and 次
+# may follow an identifier (G1234次, “26314”号).
+_NOT_AN_ID_RE = (
+    r"(?![0-9.,%％‰A-Za-z]|\s?(?:行|"
+    + "|".join(re.escape(w) for w in sorted(set(_MEASURE_WORDS) - {"号", "次"}, key=len, reverse=True))
+    + "))"
+)
+
+# Numbers that name a programme, policy or event (985高校, 930新政, 996工作制, 315晚会, 911事件): only before these
+# words, so that a bare number before a measure word stays a quantity (985所高校).
+_CODE_NAMED = (
+    "高校", "院校", "大学", "工程", "新政", "政策", "新规", "工作制", "计划", "事件", "晚会", "大促", "购物节",
+)  # fmt: skip
+_CODE_NAMED_RE = "|".join(_CODE_NAMED)
+
+# Two-digit year rule (86年 -> 八六年, but 过了30年 / 30年来 -> 三十年). A two-digit number before 年 is a year
+# when followed by a month (86年3月) or a year-context word (出生, 毕业, 那年, 底 …); it is a duration when followed
+# by a duration word (里, 来, 后, 多, 以上 …) or preceded by one (过了, 近, 长达, 这, 每 …); otherwise it is a year
+# when preceded by 于/在/是/从/到 … or when it starts a clause (nothing, punctuation or a space before it).
+# 年代 is never a year here (八十年代), and one-digit numbers are always quantities.
+_MONTH_AFTER_RE = re.compile(r"[0-9]{1,2}月")
+_YEAR_AFTER_RE = re.compile(
+    r"出生|生人|生的|(?:大学|高中|初中|小学|研究生|博士|硕士)?(?:毕业|入学)|入伍|入职|入党|参加工作|高考|考研|结婚|"
+    r"那年|那一年|的时候|时候|时(?!间)|底|初|春|夏|秋|冬|"
+    r"春节|春晚|版|款|世界杯|奥运会|亚运会|届"
+)
+_DURATION_AFTER_RE = re.compile(
+    r"[里间来后前内中多余左以之了过没不老期半零]|时间|历史|的时间|的历史|工龄|寿命|徒刑|有期"
+)
+_DURATION_BEFORE_RE = re.compile(
+    r"(?:过了|过去|近|将近|接近|约|大约|长达|超过|整整|这|那|几|每|有|用了|花了|满|第|持续|历时|经过|达|共|"
+    r"逾|连续|为期|了|上|数|足足|后|前|未来|至少|最多|的)$"
+)
+# Four digits before 年 are a year (到了2020年) unless a length of time is announced (长达2000年, 近1000年).
+_LONG_DURATION_BEFORE_RE = re.compile(
+    r"(?:近|将近|接近|长达|约|大约|超过|历时|经过|逾|足足|整整|数|过了|用了|花了|持续|达)$"
+)
+_YEAR_BEFORE_RE = re.compile(r"(?:于|在|是|从|自|到|至|截至|截止|早在|直到|生于|那是|回到|像)$")
+_CJK_OR_ALNUM_RE = re.compile(r"[\u4e00-\u9fff0-9A-Za-z]")
+
+# 比分17:16 / 以3:1战胜: a score, not a time of day.
+_SCORE_BEFORE_RE = re.compile(r"比分|战胜|击败|打成|战平|获胜|取胜|大胜|险胜|领先|落后|扳平|总分|赛果")
+_SCORE_AFTER_RE = re.compile(r"战胜|击败|取胜|获胜|力克|险胜|大胜|告负|落败|输给|负于|胜|负|的比分|比分|领先|落后|夺")
+
+_UNIT_WORD_RE = "|".join(sorted({re.escape(u) for u in _UNITS.values()}, key=len, reverse=True))
 
 # -- rules -----------------------------------------------------------------------------------------------------
 
@@ -186,12 +252,47 @@ def _year_month(m: re.Match[str]) -> str:
 
 
 def _year(m: re.Match[str]) -> str:
+    before = m.string[max(0, m.start() - 4) : m.start()]
+    if _LONG_DURATION_BEFORE_RE.search(before):
+        # 近1000年, 长达2000年: a length of time, not a calendar year.
+        return m.group(1) + "年"
     return words(read_digits(m.group(1)) + "年")
+
+
+def _year_range(m: re.Match[str]) -> str:
+    return words(read_digits(m.group(1)) + "到" + read_digits(m.group(2)) + "年")
+
+
+def _short_year(m: re.Match[str]) -> str:
+    """``86年``: a two-digit year (八六年) or a duration (三十年), by the rule above ``_MONTH_AFTER_RE``."""
+    before = m.string[max(0, m.start() - 4) : m.start()]
+    after = m.string[m.end() : m.end() + 6]
+    year = words(read_digits(m.group(1)) + "年")
+    if _MONTH_AFTER_RE.match(after) or _YEAR_AFTER_RE.match(after):
+        return year
+    if _DURATION_AFTER_RE.match(after) or _DURATION_BEFORE_RE.search(before):
+        return m.group(0)
+    if _YEAR_BEFORE_RE.search(before) or not before or not _CJK_OR_ALNUM_RE.match(before[-1]):
+        return year
+    return m.group(0)
+
+
+def _generation(m: re.Match[str]) -> str:
+    return words(read_digits(m.group(1)) + "后")
+
+
+def _is_score(m: re.Match[str]) -> bool:
+    before = m.string[max(0, m.start() - 8) : m.start()]
+    after = m.string[m.end() : m.end() + 4]
+    if _SCORE_BEFORE_RE.search(before) or _SCORE_AFTER_RE.match(after):
+        return True
+    # 比赛以25:23结束: 以 + a result; 以12:00为准 stays a time.
+    return before.endswith("以") and after.startswith(("结束", "告终"))
 
 
 def _clock(m: re.Match[str]) -> str:
     hour, minute, second = int(m.group(1)), int(m.group(2)), m.group(3)
-    if hour > 24 or minute > 59 or (second is not None and int(second) > 59):
+    if hour > 24 or minute > 59 or (second is not None and int(second) > 59) or _is_score(m):
         # Not a time of day: a score or ratio (3:2).
         parts = [read_cardinal(g) for g in m.groups() if g is not None]
         return words("比".join(parts))
@@ -203,8 +304,35 @@ def _clock(m: re.Match[str]) -> str:
     return words(*out)
 
 
+_CLOCK = r"([0-9]{1,2}):([0-9]{2})(?::([0-9]{2}))?"
+_CLOCK_RE = re.compile(_CLOCK)
+
+
+def _clock_range(m: re.Match[str]) -> str:
+    first, second = _CLOCK_RE.fullmatch(m.group(1)), _CLOCK_RE.fullmatch(m.group(5))
+    # Both groups matched _CLOCK, so both parse again.
+    assert first is not None
+    assert second is not None
+    if _is_score(m) or not (_is_time(first) and _is_time(second)):
+        return _ratio_words(m.group(1)) + "到" + _ratio_words(m.group(5))
+    return _clock(first) + "到" + _clock(second)
+
+
+def _is_time(m: re.Match[str]) -> bool:
+    return int(m.group(1)) <= 24 and int(m.group(2)) <= 59 and int(m.group(3) or 0) <= 59
+
+
+def _ratio_words(text: str) -> str:
+    return words("比".join(read_cardinal(g) for g in text.split(":")))
+
+
 def _ratio(m: re.Match[str]) -> str:
     return words(read_cardinal(m.group(1)) + "比" + read_cardinal(m.group(2)))
+
+
+def _digit_groups(reading: str) -> list[str]:
+    # Up to five digits are said in one breath (幺零零幺五); a group of four would leave one digit alone.
+    return [reading] if len(reading) <= _DIGIT_GROUP + 1 else group_reading(reading)
 
 
 def _phone_words(text: str) -> list[str]:
@@ -213,7 +341,7 @@ def _phone_words(text: str) -> list[str]:
         if part:
             if out:
                 out.append("，")  # a short pause between digit groups, as numbers are read out
-            out.extend(group_reading(read_digits(part, phone=True)))
+            out.extend(_digit_groups(read_digits(part, phone=True)))
     if text.startswith("+") and out:
         out[0] = "加" + out[0]
     return out
@@ -223,12 +351,58 @@ def _phone(m: re.Match[str]) -> str:
     return words(*_phone_words(m.group(0)))
 
 
+def _context_digits(m: re.Match[str]) -> str:
+    """编号27149, 投诉电话10015: a number named by the word before it is read digit by digit."""
+    keyword, sep, number = m.group(1), m.group(2), m.group(3)
+    if keyword in _PHONE_KEYWORDS:
+        return keyword + sep + words(*_phone_words(number))
+    return keyword + sep + _digit_words(number)
+
+
+def _digit_words(number: str) -> str:
+    out: list[str] = []
+    for part in re.split(r"[-\s]+", number):
+        if part:
+            if out:
+                out.append("，")
+            out.extend(_digit_groups(read_digits(part)))
+    return words(*out)
+
+
+def _quoted_digits(m: re.Match[str]) -> str:
+    return m.group(1) + _digit_words(m.group(2)) + m.group(3)
+
+
+def _code(m: re.Match[str]) -> str:
+    """985高校, 930新政, 996工作制: a number that names something is read digit by digit."""
+    parts = re.split(r"([^0-9]+)", m.group(1))
+    return "".join(_digit_words(p) if p.isdigit() else p for p in parts) + m.group(2)
+
+
+def _letter_code(m: re.Match[str]) -> str:
+    """CA1234, G1234, MU5735: letters then three or more digits are a flight, train or model code."""
+    return m.group(1) + _digit_words(m.group(2))
+
+
+def _leading_dot(m: re.Match[str]) -> str:
+    return words("点" + read_digits(m.group(1)))
+
+
+def _temperature_range(m: re.Match[str]) -> str:
+    first = _signed(m.group(1), m.group(2), m.group(3)) + m.group(3)
+    second = _signed(m.group(4), m.group(5), m.group(6)) + m.group(6)
+    return words(first, "到" + second)
+
+
+def _signed(sign: str, number: str, unit: str) -> str:
+    if not sign:
+        return read_decimal(number)
+    return ("零下" if unit in _TEMPERATURE_UNITS else "负") + read_decimal(number)
+
+
 def _money(m: re.Match[str]) -> str:
     sign = "-" if m.group(1) else ""
-    amount = m.group(3)
-    if "." in amount:
-        # ¥12.50 is said 十二点五元: trailing zeros of a price are not read.
-        amount = amount.rstrip("0").rstrip(".")
+    amount = _drop_trailing_zeros(m.group(3))
     return sign + amount + _CURRENCIES[m.group(2)]
 
 
@@ -238,7 +412,10 @@ def _percent_range(m: re.Match[str]) -> str:
 
 def _percent(m: re.Match[str]) -> str:
     sign = "负" if m.group(1) else ""
-    return words(sign + "百分之" + read_decimal(m.group(2)))
+    per = {"‰": "千分之", "‱": "万分之"}.get(m.group(3), "百分之")
+    # 100% is said 百分之百, not 百分之一百.
+    amount = "百" if m.group(2) == "100" and per == "百分之" else read_decimal(m.group(2))
+    return words(sign + per + amount)
 
 
 def _fraction(m: re.Match[str]) -> str:
@@ -249,7 +426,22 @@ def _fraction(m: re.Match[str]) -> str:
 
 
 def _range(m: re.Match[str]) -> str:
-    return words(read_decimal(m.group(1)) + "到" + read_decimal(m.group(2)) + (m.group(3) or ""))
+    first, second, measure = m.group(1), m.group(2), m.group(3) or ""
+    if measure and measure not in _NO_LIANG:
+        # 2-3个 -> 两到三个, 1-2个 -> 一到两个
+        first_r = "两" if first == "2" else read_decimal(first)
+        second_r = "两" if second == "2" else read_decimal(second)
+    else:
+        first_r, second_r = read_decimal(first), read_decimal(second)
+    if measure in _CURRENCY_WORDS:
+        first_r = read_decimal(_drop_trailing_zeros(first))
+        second_r = read_decimal(_drop_trailing_zeros(second))
+    return words(first_r + "到" + second_r + measure)
+
+
+def _drop_trailing_zeros(number: str) -> str:
+    # 36.00元 is said 三十六元 and 14.60元 十四点六元: trailing zeros of a price are not read.
+    return number.rstrip("0").rstrip(".") if "." in number else number
 
 
 def _unit(m: re.Match[str]) -> str:
@@ -258,6 +450,8 @@ def _unit(m: re.Match[str]) -> str:
 
 def _number(m: re.Match[str]) -> str:
     ordinal, sign, number, measure = m.group(1) or "", m.group(2), m.group(3), m.group(4) or ""
+    if measure in _CURRENCY_WORDS:
+        number = _drop_trailing_zeros(number)
     if "." in number:
         reading = read_decimal(number)
     elif len(number) > 1 and number.startswith("0"):
@@ -267,7 +461,11 @@ def _number(m: re.Match[str]) -> str:
     else:
         reading = read_cardinal(number)
     parts = group_reading(reading)
-    parts[0] = ordinal + ("负" if sign else "") + parts[0]
+    if sign:
+        before = m.string[max(0, m.start() - 6) : m.start()]
+        below_zero = measure in _TEMPERATURE_UNITS or (measure == "度" and _TEMPERATURE_BEFORE_RE.search(before))
+        parts[0] = ("零下" if below_zero else "负") + parts[0]
+    parts[0] = ordinal + parts[0]
     parts[-1] += measure
     return words(*parts)
 
@@ -286,10 +484,29 @@ _RULES: list[_Rule] = [
     # Phone numbers before dates and ranges: +86 138 1234 5678, 13812345678, 010-12345678, 400-123-4567.
     (re.compile(r"(?<![0-9.])(?:\+86[-\s]?)?1[3-9][0-9][-\s]?[0-9]{4}[-\s]?[0-9]{4}(?![0-9.])"), _phone),
     (re.compile(r"(?<![0-9.])(?:0[0-9]{2,3}|400|800)-[0-9]{3,4}-?[0-9]{4}(?![0-9.])"), _phone),
+    # Identifiers before dates, ranges and cardinals: 编号27149, 投诉电话10015, “26314”号, CA1234, 985高校.
+    (
+        re.compile(r"(" + _DIGIT_KEYWORD_RE + r")((?:是|为|[:：])?\s?)([0-9]{3,}(?:[-\s][0-9]{2,})*)" + _NOT_AN_ID_RE),
+        _context_digits,
+    ),
+    (re.compile(r"([“\"「『‘])([0-9]{3,})([”\"」』’])"), _quoted_digits),
+    (re.compile(r"(?<![A-Za-z])([A-Z]{1,3})([0-9]{3,})" + _NOT_AN_ID_RE), _letter_code),
+    (re.compile(r"(?<![0-9.])([0-9]{3,4}(?:[、和与或/][0-9]{3,4}){0,3})(" + _CODE_NAMED_RE + ")"), _code),
+    # .22口径: a decimal without its leading zero.
+    (re.compile(r"(?<![0-9A-Za-z.])\.([0-9]+)"), _leading_dot),
+    # 2020-2023年: a range of years.
+    (re.compile(r"(?<![0-9.])([0-9]{4})\s?[-~～至到]\s?([0-9]{4})年"), _year_range),
     (re.compile(r"(?<![0-9.])([0-9]{4})[-/.]([0-9]{1,2})[-/.]([0-9]{1,2})(?![0-9.])"), _date),
     (re.compile(r"(?<![0-9.])([0-9]{4})[-/]([0-9]{1,2})(?![0-9./-])"), _year_month),
     (re.compile(r"(?<![0-9.])([0-9]{4})年"), _year),
-    (re.compile(r"(?<![0-9.:])([0-9]{1,2}):([0-9]{2})(?::([0-9]{2}))?(?![0-9:])"), _clock),
+    (re.compile(r"(?<![0-9.])([0-9]{2})年(?!代)"), _short_year),
+    # 公元前221年, 公元8年: years of the era, digit by digit.
+    (re.compile(r"(公元前?)([0-9]{1,4})年"), lambda m: m.group(1) + words(read_digits(m.group(2)) + "年")),
+    # 80后, 90后, 00后: generations, read digit by digit.
+    (re.compile(r"(?<![0-9.])([0-9][05])后(?![0-9])"), _generation),
+    # 10:00-22:00: a range of times of day.
+    (re.compile(r"(?<![0-9.:])(" + _CLOCK + r")\s?[-~～至到]\s?(" + _CLOCK + r")(?![0-9:])"), _clock_range),
+    (re.compile(r"(?<![0-9.:])" + _CLOCK + r"(?![0-9:])"), _clock),
     (re.compile(r"(?<![0-9.:])([0-9]+):([0-9]+)(?![0-9:])"), _ratio),
     # Unit symbols become words and keep their digits, which the number rule reads together with them (2kg ->
     # 两千克); single-letter units only right after the number (5m), so that "5 A" stays a letter.
@@ -297,9 +514,12 @@ _RULES: list[_Rule] = [
     (re.compile(r"(?<![0-9.])(" + _NUM + r")(" + _SHORT_UNIT_RE + r")(?![A-Za-z])"), _unit),
     (re.compile(r"(-?)([¥￥$€£₩₹])\s?(" + _NUM + ")"), _money),
     (re.compile(r"(?<![0-9.])(" + _NUM + r")%?\s?[-~～]\s?(" + _NUM + r")\s?%"), _percent_range),
-    (re.compile(r"(?<![0-9.])(-?)(" + _NUM + r")\s?[%％]"), _percent),
+    (re.compile(r"(?<![0-9.])(-?)(" + _NUM + r")\s?([%％‰‱])"), _percent),
     (re.compile(r"(?<![0-9./])([0-9]+)/([0-9]+)(?![0-9/])"), _fraction),
     (re.compile(r"([0-9])\s*([+×÷=≈])\s*(?=[0-9])"), lambda m: m.group(1) + _SYMBOL_WORDS[m.group(2)]),
+    # -5℃~3℃ (after the unit rules): each end keeps its unit, a minus temperature is 零下.
+    (re.compile(rf"(?<![0-9A-Za-z.])(-?)({_NUM})({_UNIT_WORD_RE})\s?[~～]\s?(-?)({_NUM})({_UNIT_WORD_RE})"),
+     _temperature_range),
     (re.compile(r"(?<![0-9.])(" + _NUM + r")\s?[-~～]\s?(" + _NUM + r")(?![0-9.])(" + _MEASURE_RE + ")?"), _range),
     (re.compile(r"(第)?(?:(?<![A-Za-z0-9.)\]])(-))?(" + _NUM + r")(" + _MEASURE_RE + ")?"), _number),
     (re.compile(r"([&@＆×÷=≈])"), _symbol),
