@@ -69,11 +69,13 @@ def test_long_case_phones_flags_and_phrase_breaks(frontend: Frontend, cases: dic
     assert [f[2] for f in ours] == [f[2] for f in ref]  # syllable flags
     assert [(f[4], f[5]) for f in ours] == [(f[4], f[5]) for f in ref]  # emotion, speaker
     tone_diffs = {(r[0], r[1], o[1]) for o, r in zip(ours, ref, strict=True) if o[1] != r[1]}
+    # 地方 and 漂亮 now read neutral from the CC-CEDICT lexicon, as the reference does; the reference reads 休息
+    # and 时候 with full tones where the lexicon (and 现代汉语词典) have xiū·xi and shí·hou.
     assert tone_diffs == {
-        ("f_c", "tone5", "tone1"),
-        ("ang_c", "tone5", "tone1"),
-        ("l_c", "tone5", "tone4"),
-        ("iang_c", "tone5", "tone4"),
+        ("xx_c", "tone1", "tone5"),
+        ("i_c", "tone1", "tone5"),
+        ("h_c", "tone4", "tone5"),
+        ("ou_c", "tone4", "tone5"),
     }
 
 

@@ -1,5 +1,19 @@
 """The frontend pipeline: text or SSML -> sentences of KAN-TTS symbols.
 
+Prosodic breaks before each word, strongest wins:
+
+- ``#4`` ends a sentence (。！？, a line break, the end of the text);
+- ``#3`` at clause punctuation (，；：…);
+- ``#2`` at a short pause: 、, dashes, a space between Chinese words, and predicted inside a long stretch: a run of
+  more than ``MAX_PHRASE_SYLLABLES`` syllables with no break of level 2 or more is cut at the word boundary with
+  the best score, recursively, until no part is longer. A boundary scores for the grammar around it (after a
+  的-phrase or a 地/得 particle, before a preposition, conjunction or adverb that opens a predicate such as 在, 把,
+  被, 因为, 就, 都, after a subject pronoun) and for balance (close to the middle, parts of at least three
+  syllables). A single word is never cut, however long, nor a number between its groups; stretches of up to ten
+  syllables keep only their #1s, as in the reference frontend;
+- ``#1`` between any other two words (prosodic words: jieba words, long compounds split in two);
+- nothing (``#0``) for quotes and brackets, which only separate words.
+
 Whether the input is SSML is the caller's to say (the client declares it); the frontend never guesses from the
 content, so plain text that happens to start with ``<speak`` is read as text and SSML is never read aloud.
 """
@@ -31,6 +45,7 @@ from tts_server.inference.frontend.symbols import (
     load_phone_set,
     syllable_phones,
     word_tokens,
+    words_of,
 )
 
 logger = logging.getLogger(__name__)
@@ -168,6 +183,7 @@ class Frontend:
         else:
             items = [Span(tuple(normalize(text)), emotion, 1.0)]
         for sentence in self._sentences(self._tokens(items)):
+            sentence.tokens = _phrase_breaks(sentence.tokens)
             self._sandhi(sentence.tokens)
             chunks = _split_long(sentence.tokens, self._max_chars)
             for i, chunk in enumerate(chunks):
@@ -338,3 +354,86 @@ def _split_long(tokens: list[Word | _Pause], limit: int) -> list[list[Word | _Pa
     if tokens:
         out.append(tokens)
     return out
+
+
+# A stretch longer than this many syllables with no pause gets a predicted #2 (about one breath group).
+MAX_PHRASE_SYLLABLES = 10
+_MIN_PART = 3
+# Words that open a predicate or a new constituent: a #2 before them is natural (他们昨天下午 | 在图书馆…).
+_OPENERS = frozenset(
+    words_of(
+        "在 把 被 让 给 对 从 向 跟 和 与 同 为 为了 因为 所以 但是 可是 而且 如果 虽然 然后 就 都 也 还 又 才 "
+        "正在 已经 将 将要 可以 应该 需要 必须 能够 通过 根据 关于 由于 按照 并 而 却"
+    )
+)
+_NUMBER_READING = frozenset("零〇幺一二三四五六七八九十百千万亿两点")
+_SUBJECTS = frozenset(words_of("我 你 他 她 它 我们 你们 他们 她们 它们 大家 咱们 这 那 这些 那些"))
+
+
+def _phrase_breaks(tokens: list[Word | _Pause]) -> list[Word | _Pause]:
+    """Insert predicted #2 pauses into every stretch of words between pauses of level 2 or more that is too long
+    to read in one breath (see the module docstring for the rules). Quotes and brackets (#0) do not end a
+    stretch: ``<speak>你好`` reads like ``speak 你好``."""
+    out: list[Word | _Pause] = []
+    stretch: list[Word] = []
+    quiet: dict[int, list[_Pause]] = {}  # index in stretch -> #0/#1 pauses before that word
+
+    def flush() -> None:
+        for tok in _cut_stretch(stretch):
+            out.extend(quiet.pop(id(tok), []) if isinstance(tok, Word) else [])
+            out.append(tok)
+        out.extend(p for ps in quiet.values() for p in ps)  # pauses after the last word
+        stretch.clear()
+        quiet.clear()
+
+    pending: list[_Pause] = []
+    for tok in tokens:
+        if isinstance(tok, Word):
+            if pending:
+                quiet[id(tok)] = pending
+                pending = []
+            stretch.append(tok)
+        elif tok.level >= 2:
+            flush()
+            out.extend(pending)
+            pending = []
+            out.append(tok)
+        else:
+            pending.append(tok)
+    flush()
+    out.extend(pending)
+    return out
+
+
+def _cut_stretch(words: list[Word]) -> list[Word | _Pause]:
+    sizes = [len(w.syllables) for w in words]
+    total = sum(sizes)
+    if total <= MAX_PHRASE_SYLLABLES or len(words) < 2:
+        return list(words)
+    best, best_score = 0, float("-inf")
+    before = 0
+    for j in range(1, len(words)):
+        before += sizes[j - 1]
+        after = total - before
+        if before < _MIN_PART or after < _MIN_PART:
+            continue
+        left, right = "".join(words[j - 1].chars), "".join(words[j].chars)
+        if _NUMBER_READING.issuperset(left) and _NUMBER_READING.issuperset(right):
+            continue  # the groups of one number (一百二十三万 | 四千…) are read as one, like a word
+        score = 0.0
+        if left == "的":
+            score += 3  # after a 的-phrase
+        if left in ("地", "得"):
+            score -= 10  # 地 and 得 are read as particles only before the word they attach to
+        if right in _OPENERS:
+            score += 3
+        if left in _SUBJECTS and j == 1:
+            score += 2  # after a pronoun subject
+        if right in ("的", "了", "着", "过", "地", "得", "吗", "呢", "吧", "啊"):
+            score -= 10  # particles lean on the word before them
+        score -= abs(before - after) / total * 4  # prefer balanced halves
+        if score > best_score:
+            best, best_score = j, score
+    if not best:
+        return list(words)
+    return [*_cut_stretch(words[:best]), _Pause(2), *_cut_stretch(words[best:])]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import itertools
 import logging
 import re
+import sys
 import threading
+import unicodedata
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -20,7 +22,7 @@ from tts_server.inference.frontend.symbols import (
     syllable_phones,
     words_of,
 )
-from tts_server.inference.frontend.tables import NEUTRAL_REDUPLICATED
+from tts_server.inference.frontend.tables import NEUTRAL_REDUPLICATED, NEUTRAL_SENSE_PREFERRED
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +83,8 @@ class Segmenter:
             self._tokenizer: Any = jieba.Tokenizer()
             self._tokenizer.initialize()
         self._freq: dict[str, int] = self._tokenizer.FREQ
+        global _WORD_FREQ
+        _WORD_FREQ = self._freq
         self._lock = threading.Lock()
         _adjust_pypinyin()
 
@@ -123,6 +127,9 @@ class Segmenter:
         i = best[1]
         return self._split_compound(word[:i]) + self._split_compound(word[i:])
 
+
+# jieba's word frequencies, shared with the third-tone sandhi to find the internal structure of a word.
+_WORD_FREQ: dict[str, int] = {}
 
 _adjusted = False
 
@@ -174,6 +181,47 @@ def _to_syllable(py: str) -> Syllable | None:
     return syllable
 
 
+# Neutral tones in CC-CEDICT's phrase readings (via pypinyin-dict): a syllable written without a tone mark.
+_TONE_MARKS = re.compile("[\u0300-\u036f]")
+
+
+@lru_cache(maxsize=1)
+def _neutral_lexicon() -> dict[str, tuple[tuple[int, str], ...]]:
+    """Word -> (position, syllable) of each non-initial syllable that CC-CEDICT reads with the neutral tone in
+    every reading it lists (事情, 衣服, 丈夫; not 东西 or 地方, which are toned in one of their senses). Words
+    of up to four characters; the data modules are dropped afterwards, keeping only this small table."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pypinyin_dict.phrase_pinyin_data import cc_cedict  # type: ignore[import-untyped]
+
+    table: dict[str, tuple[tuple[int, str], ...]] = {}
+    for word, readings in cc_cedict.phrases_dict.items():
+        if len(word) > 4 or len(readings) != len(word) or word[0] == word[1]:
+            continue  # reduplications (老老, 刚刚) are NEUTRAL_REDUPLICATED's to decide
+        neutral: list[tuple[int, str]] = []
+        for i, options in enumerate(readings):
+            if i == 0 or word[i] == "儿":
+                continue
+            bases = {_base(o) for o in options}
+            marked = [_TONE_MARKS.search(unicodedata.normalize("NFD", o)) is not None for o in options]
+            if not any(marked) and len(bases) == 1:
+                neutral.append((i, bases.pop()))
+            elif not all(marked) and word in NEUTRAL_SENSE_PREFERRED:
+                neutral.append((i, _base(next(o for o, m in zip(options, marked, strict=True) if not m))))
+            elif not all(marked):
+                break  # toned in one reading, neutral in another: leave the word to pypinyin
+        else:
+            if neutral:
+                table[word] = tuple(neutral)
+    for name in [m for m in sys.modules if m.startswith("pypinyin_dict.phrase_pinyin_data.cc_cedict")]:
+        del sys.modules[name]  # about 50 MB of phrase tables nobody else reads
+    return table
+
+
+def _base(marked: str) -> str:
+    return _TONE_MARKS.sub("", unicodedata.normalize("NFD", marked)).replace("u\u0308", "v").replace("ü", "v")
+
+
 @lru_cache(maxsize=65536)
 def word_reading(word: str) -> tuple[tuple[Syllable, ...], tuple[str, ...]]:
     """A word's syllables and the characters each reads, with a final erhua 儿 merged into its syllable."""
@@ -188,6 +236,19 @@ def word_reading(word: str) -> tuple[tuple[Syllable, ...], tuple[str, ...]]:
             continue
         syllables.append(syl)
         chars.append(ch)
+    if len(syllables) == len(word):
+        # The word itself, else the longest lexicon word it ends or starts with (很漂亮, 事情上).
+        lexicon = _neutral_lexicon()
+        spans = [(0, word)] + [(j, word[j:]) for j in range(1, len(word) - 1)] + [
+            (0, word[:j]) for j in range(len(word) - 1, 1, -1)
+        ]
+        for offset, part in spans:
+            neutral = lexicon.get(part)
+            if neutral is not None:
+                for i, base in neutral:
+                    if syllables[offset + i].base == base:
+                        syllables[offset + i] = Syllable(base, 5)
+                break
     if len(word) == 3 and word[1] == "得" and len(syllables) == 3:
         syllables[1] = Syllable(syllables[1].base, 5)  # verb-得-complement: 跑得快, 看得见
     if (
@@ -251,27 +312,105 @@ def apply_sandhi(words: list[Word]) -> None:
                 continue  # end of phrase, or the end of a word such as 统一, 唯一
             set_tone(k, 2 if tone(k + 1) in (4, 5) else 4)
 
-    # 地 standing alone after a word of two or more syllables is the adverbial particle (开心地玩): de5.
-    for a, b in itertools.pairwise(words):
-        if not b.fixed and b.chars == ["地"] and not a.fixed and len(a.syllables) >= 2 and b is not words[-1]:
-            b.syllables[0] = Syllable("de", 5)
+    _context_readings(words)
 
     # Reduplicated kinship nouns and verbs have a neutral second syllable (妈妈, 看看).
     for w in words:
         if not w.fixed and len(w.chars) == 2 and w.chars[0] == w.chars[1] and w.chars[0] in NEUTRAL_REDUPLICATED:
             w.syllables[1] = Syllable(w.syllables[1].base, 5)
 
-    # Third tone: within a word every 3 before a 3 becomes 2 (你好, 展览馆); across a word boundary too when one
-    # side is a single syllable (很 好, 可以 走), since such words do not form their own prosodic word.
+    # Third tone, cyclically from the innermost constituent out (right-branching 小[老虎] xiao3 lao2 hu3, left-
+    # branching [展览]馆 zhan2 lan2 guan3): inside a word by its dictionary structure, then across a word boundary
+    # when one side is a single syllable, since such words join their neighbour's prosodic word (我很好 reads
+    # wo2 hen2 hao3). Two words of two or more syllables keep their own tones (美好 | 理想).
     for w in words:
-        if w.fixed:
-            continue
-        for i in range(len(w.syllables) - 1):
-            if w.syllables[i].tone == 3 and w.syllables[i + 1].tone == 3:
-                w.syllables[i] = Syllable(w.syllables[i].base, 2)
+        if not w.fixed and len(w.syllables) >= 2:
+            _third_tone(w.syllables, w.chars, 0, len(w.syllables))
     for a, b in itertools.pairwise(words):
         if a.fixed or b.fixed or not a.syllables or not b.syllables:
             continue
         short = len(a.syllables) == 1 or len(b.syllables) == 1
         if short and a.syllables[-1].tone == 3 and b.syllables[0].tone == 3:
             a.syllables[-1] = Syllable(a.syllables[-1].base, 2)
+
+
+def _third_tone(syllables: list[Syllable], chars: list[str], start: int, end: int) -> None:
+    """Third-tone sandhi over ``syllables[start:end]``: each half first, then the junction with the tones the
+    halves ended up with (so 小 stays 3 before 老虎's lao2)."""
+    if end - start < 2:
+        return
+    mid = _split_point(chars, start, end)
+    _third_tone(syllables, chars, start, mid)
+    _third_tone(syllables, chars, mid, end)
+    left, right = syllables[mid - 1], syllables[mid]
+    if left.tone == 3 and right.tone == 3:
+        syllables[mid - 1] = Syllable(left.base, 2)
+
+
+def _split_point(chars: list[str], start: int, end: int) -> int:
+    # The split whose two parts are the most frequent dictionary words (展览|馆: 展览 is a word, 览馆 is not); a
+    # word with no such split is read left to right, every 3 before a 3 becoming 2.
+    best, best_score = end - 1, 0
+    for i in range(start + 1, end):
+        left, right = "".join(chars[start:i]), "".join(chars[i:end])
+        score = max(
+            _WORD_FREQ.get(left, 0) if len(left) > 1 else 0,
+            _WORD_FREQ.get(right, 0) if len(right) > 1 else 0,
+        )
+        if score > best_score:
+            best, best_score = i, score
+    return best
+
+
+# -- readings from context -----------------------------------------------------------------------------------
+
+_NUMERALS = _NUMBER_CHARS | frozenset("第几每半")
+
+
+def _context_readings(words: list[Word]) -> None:
+    """Readings of 数, 长, 得, 地, 还 and 行 that depend on the words around them (verb or noun, adverb or verb),
+    for occurrences that no pypinyin phrase covers: single-character words and the character runs jieba's HMM
+    glues together (他数, 地玩). Decided from the neighbouring characters, which is where the verb's object, the
+    complement or the measure word sits."""
+    from pypinyin.constants import PHRASES_DICT
+
+    flat: list[tuple[Word, int]] = [
+        (w, i) for w in words if not w.fixed for i in range(len(w.syllables)) if len(w.chars[i]) == 1
+    ]
+    text = "".join(w.chars[i] for w, i in flat)
+    for k, (w, i) in enumerate(flat):
+        c = text[k]
+        if c not in "数长得地还行":
+            continue
+        word = "".join(w.chars)
+        if len(word) > 1 and word in PHRASES_DICT and not (c == "行" and len(word) == 2):
+            continue  # pypinyin's phrase reading (数学, 长度, 还钱, 一行) stands
+        prev, nxt = text[k - 1 : k], text[k + 1 : k + 2]
+        nxt2 = text[k + 2 : k + 3]
+        reading: tuple[str, int] | None = None
+        if c == "数":
+            # The verb: with an aspect particle, a complement, its reduplication or an object (数了数钱, 数一数,
+            # 数不清, 数钱); the noun 数 (数是多少) otherwise.
+            if (nxt and nxt in "了过着一不得完遍清钱数") or (prev == "一" and text[k - 2 : k - 1] == "数"):
+                reading = ("shu", 3)
+        elif c == "长":
+            if nxt and nxt in "大高胖出满得成" and prev not in ("很", "太", "更", "最", "多", "那", "这"):
+                reading = ("zhang", 3)  # 长大, 长得很高, 长出: to grow
+        elif c == "得":
+            if len(word) == 1 and prev and prev in "你我他她它们得就也都还" and nxt and nxt not in "了很太到":
+                reading = ("dei", 3)  # 你得去, 我们得走: must
+        elif c == "地":
+            if i == 0 and k > 0 and nxt and (len(word) == 1 or word not in _WORD_FREQ):
+                before = flat[k - 1][0]
+                if len(before.syllables) >= 2 and before is not w:
+                    reading = ("de", 5)  # 开心地玩: the adverbial particle
+        elif c == "还":
+            lends = nxt and nxt in "你我他她" and nxt2 and nxt2 not in "是要会能在没不也"
+            if (nxt and nxt in "给钱债款清账") or lends:
+                reading = ("huan", 2)  # 还钱, 还给他, 还你钱: to return
+            elif w.syllables[i].base == "huan":
+                reading = ("hai", 2)
+        elif c == "行" and prev and prev in _NUMERALS and nxt != "人":
+            reading = ("hang", 2)  # 第三行, 两行字: a line
+        if reading is not None:
+            w.syllables[i] = Syllable(*reading)

@@ -35,3 +35,9 @@ NEUTRAL_REDUPLICATED = frozenset(
     "妈爸哥姐弟妹奶爷叔婆公舅姑伯姥宝娃星猩太婶嫂"  # kinship and other nouns
     "看听想试说走谈问谢坐玩聊尝找动歇瞧摸数洗转写读学练逛跳笑闻揉敲帮"  # verbs: do a little
 )
+
+# Words CC-CEDICT reads both ways (东西 east and west / a thing, 地方 local / a place) whose neutral-tone sense is
+# the everyday one; every other word in the neutral-tone lexicon comes from the data unambiguously.
+NEUTRAL_SENSE_PREFERRED = frozenset(
+    "东西 地方 告诉 故事 本事 生意 出息 大夫 妻子 孙子 结实 琢磨 名堂 门道 跟前 言语 打扮 买卖".split()  # noqa: SIM905
+)
