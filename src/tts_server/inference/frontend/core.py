@@ -225,8 +225,10 @@ class Frontend:
                             if syllables:
                                 yield Word(list(syllables), list(chars), item.emotion, False, item.speed)
                     elif run:
+                        start = 0
                         for w in self._segmenter.words(run):
-                            syllables, chars = word_reading(w)
+                            syllables, chars = word_reading(w, run, start)
+                            start += len(w)
                             if syllables:
                                 yield Word(list(syllables), list(chars), item.emotion, False, item.speed)
                     elif space:

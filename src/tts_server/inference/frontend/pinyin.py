@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from tts_server.inference.frontend import polyphone
 from tts_server.inference.frontend.normalize import group_reading
 from tts_server.inference.frontend.symbols import (
     Syllable,
@@ -87,6 +88,7 @@ class Segmenter:
         _WORD_FREQ = self._freq
         self._lock = threading.Lock()
         _adjust_pypinyin()
+        polyphone.load()
 
     def words(self, run: str) -> list[str]:
         """Segment a run of CJK characters. Long dictionary compounds are split into their prosodic words."""
@@ -223,9 +225,12 @@ def _base(marked: str) -> str:
 
 
 @lru_cache(maxsize=65536)
-def word_reading(word: str) -> tuple[tuple[Syllable, ...], tuple[str, ...]]:
-    """A word's syllables and the characters each reads, with a final erhua 儿 merged into its syllable."""
+def word_reading(word: str, context: str = "", start: int = 0) -> tuple[tuple[Syllable, ...], tuple[str, ...]]:
+    """A word's syllables and the characters each reads, with a final erhua 儿 merged into its syllable.
+    ``context`` is the CJK run the word was cut from, at ``start``: the polyphone model reads it."""
     pys = _raw_pinyin(word)
+    if context:
+        pys = polyphone.refine(word, pys, context, start)
     syllables: list[Syllable] = []
     chars: list[str] = []
     for ch, py in zip(word, pys, strict=False):
