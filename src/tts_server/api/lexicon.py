@@ -45,8 +45,8 @@ async def get_lexicon(request: Request) -> LexiconResponse:
     return _response(app_state(request).lexicon.current)
 
 
-@router.put("/v1/lexicon", response_model=LexiconResponse, responses={**openapi_errors(409, 422), **GUARDED_ERRORS},
-            summary="Add or replace lexicon entries")
+@router.put("/v1/lexicon", response_model=LexiconResponse, summary="Add or replace lexicon entries",
+            responses={**openapi_errors(400, 409, 413, 422), **GUARDED_ERRORS})
 async def put_lexicon(body: LexiconUpdate, request: Request) -> LexiconResponse:
     """Adds the entries (a listed word's reading is replaced), or with `replace` makes them the whole lexicon.
     The change is on disk before the answer, and every worker uses it from the next request on."""
