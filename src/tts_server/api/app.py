@@ -112,7 +112,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(SecurityMiddleware, keys=keys, limiter=limiter, on_error=count_rejection)
     if settings.cors.enabled:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors.origins),
-                           allow_credentials=settings.cors.allow_credentials, allow_methods=["GET", "POST"],
+                           allow_credentials=settings.cors.allow_credentials,
+                           # PUT/DELETE: the lexicon can be managed from a browser app on an allowed origin.
+                           allow_methods=["GET", "POST", "PUT", "DELETE"],
                            allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
                            expose_headers=EXPOSED_HEADERS, max_age=600)
     app.add_middleware(RequestIdMiddleware)

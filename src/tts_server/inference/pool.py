@@ -774,7 +774,8 @@ class WorkerPool:
         slot.current = None
         slot.jobs_done += 1
         if isinstance(msg, Result):
-            self._record_service_time(msg.inference_seconds)
+            if handle.job.kind == "synthesize":  # a preview's milliseconds would skew the Retry-After estimate
+                self._record_service_time(msg.inference_seconds)
             assert handle.started_at is not None
             self._complete(handle, SynthesisOutcome(
                 audio=msg.audio, sample_rate=msg.sample_rate, audio_seconds=msg.audio_seconds,
