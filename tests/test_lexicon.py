@@ -214,3 +214,15 @@ def test_write_is_atomic_and_a_corrupt_file_refuses_start_up(make_settings: Call
     assert len(lines) == 1, proc.stderr
     assert "lexicon" in lines[0]
     assert "corrupt" in lines[0]
+
+
+def test_frontend_hook_longest_word_wins_and_unpronounceable_entries_are_skipped() -> None:
+    from tts_server.inference.frontend import Frontend
+    from tts_server.inference.frontend.symbols import DEFAULT_PHONES
+
+    # A voice whose phone set lacks "iong": an entry using it cannot be read and is skipped (画 keeps pypinyin's).
+    frontend = Frontend(DEFAULT_PHONES - {"iong_c"}, warm_up=False)
+    frontend.set_lexicon({"长江": "chang2 jiang1", "长江大桥": "zhang3 jiang1 da4 qiao2", "画": "jiong3"})
+    assert frontend.pinyin("南京市长江大桥画。") == ["nan2 jing1 shi4 #1 zhang3 jiang1 da4 qiao2 #1 hua4 #4"]
+    frontend.set_lexicon({})
+    assert frontend.pinyin("长江大桥") == ["chang2 jiang1 #1 da4 qiao2 #4"]

@@ -291,7 +291,8 @@ class SambertEngine:
         frontend = self._frontends.get(voice.name)
         if frontend is None:
             frontend = Frontend(phone_inventory=voice.unit.phone_inventory)
-            frontend.set_lexicon(self._lexicon)
+            if self._lexicon:  # a fresh frontend has none
+                frontend.set_lexicon(self._lexicon)
             self._frontends[voice.name] = frontend
         return frontend
 
