@@ -400,3 +400,23 @@ def test_webui_api_key_and_rate_limit(serve: Callable[..., LiveServer], open_pag
     page.click("#synthesize")
     page.wait_for_function("() => document.getElementById('status').textContent.includes('Done')")
     assert error.is_hidden()
+
+
+def test_webui_pronunciation_preview(serve: Callable[..., LiveServer], open_page: Callable[..., Any],
+                                     tmp_path: Path) -> None:
+    # The real frontend (tiny random-weight Sambert model) with a user lexicon entry: the Advanced panel shows
+    # the words and tones a request would use, and marks the lexicon's.
+    from tests.tinymodel import build_tiny_model_dir
+    from tts_server.inference.lexicon import Lexicon, write_file
+
+    model_dir = build_tiny_model_dir(tmp_path / "model", voices=("zhitian_emo",))
+    lexicon = tmp_path / "lexicon.json"
+    write_file(lexicon, Lexicon(1, {"重庆": "zhong4 qing4"}))
+    server = serve(engine={"name": "sambert"}, model={"model_dir": str(model_dir)}, lexicon={"path": str(lexicon)})
+    page = open_page(server)
+    page.fill("#text", "重庆的天气。")
+    page.click("#advanced summary")
+    page.click("#show-reading")
+    page.wait_for_function("() => document.getElementById('reading').textContent.includes('重庆★ (zhong4 qing4)')")
+    assert "天气 (tian1 qi4)" in page.text_content("#reading")
+    assert "lexicon version 1" in page.text_content("#reading")

@@ -222,6 +222,23 @@ class CacheSettings(_Section):
         return value.expanduser() if value is not None else None
 
 
+class LexiconSettings(_Section):
+    """The user lexicon (``/v1/lexicon``): word -> pinyin readings that win over the frontend's own."""
+
+    #: JSON file holding the lexicon, written atomically on every change and re-read by the workers when its
+    #: version changes; None turns the lexicon off (its routes then refuse changes). A corrupt file stops start-up
+    #: rather than silently dropping the entries an operator relies on.
+    path: Path | None = None
+    #: Bounds a client cannot exceed: every worker holds the whole lexicon and re-reads it after each change.
+    max_entries: int = Field(10_000, ge=1, le=1_000_000)
+    max_word_chars: int = Field(16, ge=1, le=64)
+
+    @field_validator("path")
+    @classmethod
+    def _expand_home(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+
 class OpenAISettings(_Section):
     """Behaviour of the OpenAI-compatible ``POST /v1/audio/speech``."""
 
@@ -248,6 +265,7 @@ class Settings(BaseSettings):
     cors: CorsSettings = CorsSettings()
     cache: CacheSettings = CacheSettings()
     openai: OpenAISettings = OpenAISettings()
+    lexicon: LexiconSettings = LexiconSettings()
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -14,6 +14,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from tts_server import __version__
 from tts_server.api.docs import docs_router
 from tts_server.api.errors import ApiError, install_error_handlers
+from tts_server.api.lexicon import router as lexicon_router
 from tts_server.api.middleware import (
     AccessLogMiddleware,
     BodyLimitMiddleware,
@@ -25,8 +26,9 @@ from tts_server.api.routes import router
 from tts_server.api.security import KeyStore, RateLimiter, SecurityMiddleware, document_security
 from tts_server.api.state import AppState
 from tts_server.api.webui import webui_router
-from tts_server.config import Settings
+from tts_server.config import ConfigError, Settings
 from tts_server.inference.cache import AudioCache
+from tts_server.inference.lexicon import LexiconError, LexiconStore
 from tts_server.inference.pool import WorkerPool
 from tts_server.metrics import ServerMetrics
 
@@ -55,13 +57,19 @@ def create_app(settings: Settings) -> FastAPI:
     keys = KeyStore.from_settings(settings) if settings.auth.enabled else None
     rl = settings.rate_limit
     limiter = RateLimiter(rl.requests_per_second, rl.burst, rl.max_clients) if rl.enabled else None
+    try:
+        # Read now: a corrupt lexicon stops the server with one line, instead of serving without its entries.
+        lexicon = LexiconStore(settings.lexicon.path, max_entries=settings.lexicon.max_entries,
+                               max_word_chars=settings.lexicon.max_word_chars)
+    except LexiconError as exc:
+        raise ConfigError(f"{exc.message} (fix or remove it; lexicon.path)") from None
     cache = AudioCache(settings, lambda hit: metrics.cache_lookups.labels("hit" if hit else "miss").inc()) \
         if settings.cache.enabled else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = WorkerPool(settings)
-        app.state.tts = AppState(settings, pool, metrics, cache)
+        app.state.tts = AppState(settings, pool, metrics, cache, lexicon)
         if cache is not None:
             await cache.start()
         metrics.bind_pool(pool.stats, lambda: pool.voices)
@@ -87,6 +95,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(openai_router)
+    app.include_router(lexicon_router)
     app.include_router(webui_router)
     app.include_router(docs_router)
     document_security(app, settings.auth.enabled)
@@ -103,7 +112,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(SecurityMiddleware, keys=keys, limiter=limiter, on_error=count_rejection)
     if settings.cors.enabled:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors.origins),
-                           allow_credentials=settings.cors.allow_credentials, allow_methods=["GET", "POST"],
+                           allow_credentials=settings.cors.allow_credentials,
+                           # PUT/DELETE: the lexicon can be managed from a browser app on an allowed origin.
+                           allow_methods=["GET", "POST", "PUT", "DELETE"],
                            allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
                            expose_headers=EXPOSED_HEADERS, max_age=600)
     app.add_middleware(RequestIdMiddleware)

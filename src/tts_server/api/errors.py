@@ -64,6 +64,12 @@ UNSUPPORTED_STREAM_FORMAT: Final = _client("unsupported_stream_format")
 #: The engine refused the text (bad SSML, unreadable symbols ...); the message is the engine's public one. The
 #: job was admitted and ran, so this is no rejection.
 INVALID_INPUT: Final = _client("invalid_input", reject_reason=None)
+#: A user lexicon entry that is not a word of Chinese characters with one toned pinyin syllable per character.
+LEXICON_INVALID: Final = _client("lexicon_invalid", reject_reason=None)
+#: The change would take the lexicon past ``lexicon.max_entries``.
+LEXICON_FULL: Final = _client("lexicon_full", reject_reason=None)
+#: ``lexicon.path`` is unset: there is nowhere to keep a change.
+LEXICON_DISABLED: Final = _client("lexicon_disabled", 409, reject_reason=None)
 MODEL_NOT_FOUND: Final = _client("model_not_found", 404, reject_reason=None)
 NOT_FOUND: Final = _client("not_found", 404, reject_reason=None)
 METHOD_NOT_ALLOWED: Final = _client("method_not_allowed", 405, reject_reason=None)
@@ -178,6 +184,7 @@ _DESCRIPTIONS: Final = {
     400: "The body could not be decoded at all (e.g. not UTF-8).",
     401: "Missing or invalid API key (only with auth enabled); see WWW-Authenticate.",
     404: "Not found.",
+    409: "The lexicon is off (no lexicon.path configured).",
     408: "The request head or body was not received in time.",
     413: "Request body too large.",
     422: "Invalid request; the message names the field and allowed values.",

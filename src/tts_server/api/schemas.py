@@ -159,3 +159,56 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+# --- user lexicon and frontend preview ------------------------------------------------------------------------
+
+
+class LexiconResponse(BaseModel):
+    version: int = Field(..., description="Goes up by one with every change; 0 for a lexicon never changed.")
+    entries: dict[str, str] = Field(..., description="Word -> pinyin with tones, one syllable per character.")
+
+
+class LexiconUpdate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"entries": {"重庆": "chong2 qing4"}}]},
+    )
+
+    entries: dict[str, str] = Field(..., description="Word (Chinese characters) -> pinyin, one syllable with a tone "
+                                                     "digit 1-5 per character, e.g. `chong2 qing4`.")
+    replace: bool = Field(False, description="Make these entries the whole lexicon instead of adding them (an "
+                                             "existing word's reading is replaced either way).")
+
+
+class PreviewRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"text": "重庆的天气怎么样？", "input_format": "text"}]},
+    )
+
+    text: SpeechText = Field(..., description="Text (or SSML) as a synthesis request would send it.")
+    input_format: Literal["text", "ssml"] = Field("text", description="`text` or `ssml`; symbols need no preview.")
+    voice: str | None = Field(None, description="Voice name; the default voice when omitted.")
+
+
+class PreviewWord(BaseModel):
+    text: str = Field(..., description="The characters of the word.")
+    syllables: list[str] = Field(..., description="Pinyin with tone digits (5 = neutral), after tone sandhi.")
+    break_before: int = Field(..., description="Prosodic break before the word: 0 first word, 1 word, 2 short "
+                                               "pause, 3 comma.")
+    source: Literal["lexicon", "fixed", "frontend"] = Field(
+        ..., description="`lexicon`: the user lexicon; `fixed`: an SSML phoneme or spelled letters; `frontend`: "
+                         "jieba and pypinyin.")
+
+
+class PreviewSentence(BaseModel):
+    text: str
+    pinyin: str = Field(..., description="The sentence's readings with breaks: `chong2 qing4 #1 ... #4`.")
+    words: list[PreviewWord]
+
+
+class PreviewResponse(BaseModel):
+    voice: str
+    input_format: Literal["text", "ssml"]
+    lexicon_version: int
+    normalized: str = Field(..., description="The text after normalisation (numbers, symbols, letters read out).")
+    sentences: list[PreviewSentence]

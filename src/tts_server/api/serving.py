@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 import numpy as np
@@ -27,6 +27,7 @@ from tts_server.api.state import AppState, app_state, request_id
 from tts_server.inference.audio import FORMATS, SUPPORTED_SAMPLE_RATES, encode, resample, to_int16
 from tts_server.inference.cache import CachedAudio, CacheKey
 from tts_server.inference.engine import InputFormat, VoiceInfo
+from tts_server.inference.lexicon import Lexicon
 from tts_server.inference.messages import Chunk
 from tts_server.inference.pool import JobCancelled, JobHandle, NotReady, PoolError
 
@@ -51,12 +52,16 @@ class SpeechJob:
     rate: int
     request_id: str
     route: str
+    #: The user lexicon when the request was resolved: its version goes to the worker, its fingerprint into
+    #: the cache key.
+    lexicon: Lexicon = field(default_factory=Lexicon)
 
     def cache_key(self, state: AppState) -> CacheKey | None:
         if state.cache is None:
             return None
         return state.cache.key(text=self.text, input_format=self.input_format, voice=self.voice,
-                               emotion=self.emotion, speed=self.speed, fmt=self.fmt, sample_rate=self.rate)
+                               emotion=self.emotion, speed=self.speed, fmt=self.fmt, sample_rate=self.rate,
+                               lexicon=self.lexicon.fingerprint)
 
 
 # --- resolving ----------------------------------------------------------------------------------------------
@@ -121,7 +126,8 @@ class Exchange:
     def job_for(self, *, text: str, input_format: InputFormat, voice: str, emotion: str, speed: float,
                 rate: int) -> SpeechJob:
         self.job = SpeechJob(text=text, input_format=input_format, voice=voice, emotion=emotion, speed=speed,
-                             fmt=self.fmt, rate=rate, request_id=self.request_id, route=self.route)
+                             fmt=self.fmt, rate=rate, request_id=self.request_id, route=self.route,
+                             lexicon=self.state.lexicon.current)
         return self.job
 
     @contextlib.contextmanager
@@ -189,7 +195,8 @@ def audio_headers(item: CachedAudio, hit: bool, job: SpeechJob) -> dict[str, str
 
 def _submit(state: AppState, job: SpeechJob, *, stream: bool) -> JobHandle:
     return state.pool.submit(text=job.text, input_format=job.input_format, voice=job.voice, emotion=job.emotion,
-                             speed=job.speed, request_id=job.request_id, stream=stream)
+                             speed=job.speed, request_id=job.request_id, stream=stream,
+                             lexicon_version=job.lexicon.version)
 
 
 async def _produce(state: AppState, job: SpeechJob) -> CachedAudio:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
 from tts_server.config import Settings
 from tts_server.inference.cache import AudioCache
+from tts_server.inference.lexicon import LexiconStore
 from tts_server.inference.pool import WorkerPool
 from tts_server.metrics import ServerMetrics
 
@@ -19,6 +20,8 @@ class AppState:
     metrics: ServerMetrics
     #: None when ``cache.enabled`` is false.
     cache: AudioCache | None = None
+    #: The user lexicon (empty and read-only while ``lexicon.path`` is unset).
+    lexicon: LexiconStore = field(default_factory=lambda: LexiconStore(None, max_entries=1, max_word_chars=1))
 
 
 def app_state(request: Request) -> AppState:

@@ -74,10 +74,15 @@ class CacheKey:
     format: str
     sample_rate: int
     revision: str
+    #: Fingerprint of the user lexicon's entries: a lexicon change must never be answered with audio read the
+    #: old way. Empty without a lexicon (and then left out, so existing disk entries keep their digests).
+    lexicon: str = ""
 
     def digest(self) -> str:
         fields = [self.text, self.input_format, self.voice, self.emotion, repr(float(self.speed)), self.format,
                   self.sample_rate, self.revision]
+        if self.lexicon:
+            fields.append(self.lexicon)
         # ASCII escapes: any Python str hashes, even one no request validator should have let through.
         return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
 
@@ -288,8 +293,8 @@ class AudioCache:
                      self._disk.directory)
 
     def key(self, *, text: str, voice: str, emotion: str, speed: float, fmt: str, sample_rate: int,
-            input_format: str = "text") -> CacheKey:
-        return CacheKey(text, input_format, voice, emotion, float(speed), fmt, sample_rate, self.revision)
+            input_format: str = "text", lexicon: str = "") -> CacheKey:
+        return CacheKey(text, input_format, voice, emotion, float(speed), fmt, sample_rate, self.revision, lexicon)
 
     @property
     def memory_bytes(self) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, get_args, runtime_checkable
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -84,4 +84,17 @@ class Engine(Protocol):
 
     def warm_up(self) -> None:
         """Run one short synthesis so that the first real request does not pay for lazy initialisation."""
+        ...
+
+
+@runtime_checkable
+class SupportsLexicon(Protocol):
+    """An engine with a text frontend that takes a user lexicon (optional: the worker checks for it)."""
+
+    def set_lexicon(self, entries: Mapping[str, str]) -> None:
+        """Replace the user lexicon: word -> canonical readings (``chong2 qing4``), already validated."""
+        ...
+
+    def preview(self, text: str, voice: str, *, input_format: InputFormat = "text") -> dict[str, Any]:
+        """JSON-able view of what the frontend would read (see ``Frontend.preview``). Raises ``EngineError``."""
         ...

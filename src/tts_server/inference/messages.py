@@ -8,6 +8,7 @@ Parent -> worker: ``Job``, ``Ping``, ``Cancel``, ``Shutdown``. Worker -> parent:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +31,11 @@ class Job:
     stream: bool = False
     #: How the engine must read ``text`` (declared by the client, never guessed from the content).
     input_format: InputFormat = "text"
+    #: ``preview``: run only the text frontend and answer with its readings (``Result.preview``), no audio.
+    kind: Literal["synthesize", "preview"] = "synthesize"
+    #: Version of the user lexicon when the job was admitted; a worker holding an older one re-reads the file
+    #: first, so a lexicon change is in effect for the next job in every worker.
+    lexicon_version: int = 0
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,8 @@ class Result:
     audio_seconds: float
     inference_seconds: float
     stage_seconds: tuple[tuple[str, float], ...]
+    #: A preview job's answer, as JSON text (keeps the message a flat, picklable dataclass).
+    preview: str = ""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import SpawnProcess
-from typing import Final
+from typing import Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -138,6 +138,8 @@ class SynthesisOutcome:
     inference_seconds: float
     stage_seconds: Mapping[str, float]
     attempts: int
+    #: JSON answer of a preview job; empty for synthesis.
+    preview: str = ""
 
 
 @dataclass(frozen=True)
@@ -482,6 +484,7 @@ class WorkerPool:
     def submit(
         self, *, text: str, voice: str, emotion: str, speed: float, request_id: str, stream: bool = False,
         timeout_s: float | None = None, input_format: InputFormat = "text",
+        kind: Literal["synthesize", "preview"] = "synthesize", lexicon_version: int = 0,
     ) -> JobHandle:
         """Admit a job or raise at once (``NotReady``, ``Overloaded``); never waits."""
         if self._draining:
@@ -491,7 +494,8 @@ class WorkerPool:
         timeout = self._pool.job_timeout_s if timeout_s is None else timeout_s
         job = Job(
             job_id=next(self._ids), request_id=request_id, text=text, voice=voice, emotion=emotion, speed=speed,
-            deadline=time.monotonic() + timeout, stream=stream, input_format=input_format,
+            deadline=time.monotonic() + timeout, stream=stream, input_format=input_format, kind=kind,
+            lexicon_version=lexicon_version,
         )
         loop = asyncio.get_running_loop()
         handle = JobHandle(job, loop)
@@ -770,13 +774,14 @@ class WorkerPool:
         slot.current = None
         slot.jobs_done += 1
         if isinstance(msg, Result):
-            self._record_service_time(msg.inference_seconds)
+            if handle.job.kind == "synthesize":  # a preview's milliseconds would skew the Retry-After estimate
+                self._record_service_time(msg.inference_seconds)
             assert handle.started_at is not None
             self._complete(handle, SynthesisOutcome(
                 audio=msg.audio, sample_rate=msg.sample_rate, audio_seconds=msg.audio_seconds,
                 queue_wait_seconds=handle.started_at - handle.admitted_at,
                 inference_seconds=msg.inference_seconds, stage_seconds=dict(msg.stage_seconds),
-                attempts=handle.attempts,
+                attempts=handle.attempts, preview=msg.preview,
             ))
         elif isinstance(msg, Cancelled):
             self._complete_failure(handle, JobCancelled("client disconnected"))

@@ -6,6 +6,7 @@ A reader thread owns the receiving end of the pipe so that the worker answers he
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -14,11 +15,13 @@ import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 import numpy as np
 
 from tts_server.config import Settings
-from tts_server.inference.engine import EngineError, Synthesis
+from tts_server.inference.engine import EngineError, SupportsLexicon, Synthesis
+from tts_server.inference.lexicon import LexiconError, read_file
 from tts_server.inference.loading import load_engine
 from tts_server.inference.messages import (
     Cancel,
@@ -69,14 +72,31 @@ def worker_main(conn: Connection, settings: Settings, slot: int) -> None:
     jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
     cancelled: set[int] = set()
     threading.Thread(target=_read_pipe, args=(conn, send, jobs, cancelled), name="tts-pipe", daemon=True).start()
+    lexicon_version = -1  # none loaded yet: the first job reads the file (a recycled worker too)
     while True:
         job = jobs.get()
         if job is None:
             return  # Shutdown, or the parent is gone
+        if job.lexicon_version > lexicon_version and settings.lexicon.path is not None:
+            lexicon_version = _load_lexicon(engine, settings.lexicon.path, lexicon_version)
         send(_run(engine, job, send, cancelled))
         # Only the running job is ever cancelled: a Cancel for it or an older job (one that crossed its Result) is
         # stale now. Not clear(): the reader thread may already have noted a Cancel for the job queued next.
         cancelled.difference_update([i for i in list(cancelled) if i <= job.job_id])
+
+
+def _load_lexicon(engine: object, path: Path, current: int) -> int:
+    """Re-read the lexicon file into the engine; the version now in effect. A file that cannot be read (the API
+    process validated it and replaces it atomically, so this means an operator edit) keeps the old lexicon."""
+    try:
+        lexicon = read_file(path)
+    except LexiconError as exc:
+        log.error("keeping lexicon version %d: %s", current, exc.message)
+        return current
+    if isinstance(engine, SupportsLexicon):
+        engine.set_lexicon(lexicon.entries)
+    log.info("lexicon version %d loaded (%d entries)", lexicon.version, len(lexicon.entries))
+    return lexicon.version
 
 
 def _read_pipe(conn: Connection, send: Callable[[object], None], jobs: queue.SimpleQueue[Job | None],
@@ -114,6 +134,12 @@ def _run(engine: object, job: Job, send: Callable[[object], None],
     started = time.perf_counter()
     stages: dict[str, float] = {}
     try:
+        if job.kind == "preview":
+            if not isinstance(engine, SupportsLexicon):
+                return Failure(job.job_id, "this engine has no text frontend to preview", None, client_error=True)
+            view = engine.preview(job.text, job.voice, input_format=job.input_format)
+            return Result(job.job_id, _EMPTY, 0, 0.0, time.perf_counter() - started, (),
+                          preview=json.dumps(view, ensure_ascii=False))
         if job.stream:
             audio_seconds = 0.0
             sample_rate = 0

@@ -23,7 +23,7 @@
     advanced: $("advanced"), button: $("synthesize"), status: $("status"), error: $("error"),
     errorTitle: $("error-title"), errorDetail: $("error-detail"), result: $("result"), player: $("player"),
     playbackNote: $("playback-note"), meta: $("result-meta"), download: $("download"),
-    preview: $("use-preview"), version: $("server-version"),
+    preview: $("use-preview"), version: $("server-version"), showReading: $("show-reading"), reading: $("reading"),
   };
 
   const state = {
@@ -406,6 +406,52 @@
     }
   }
 
+  // ---------------------------------------------------------------- pronunciation preview (Advanced)
+
+  function line(text, cls) {
+    const p = document.createElement("p");
+    p.textContent = text;
+    if (cls) p.className = cls;
+    el.reading.append(p);
+  }
+
+  async function showReading() {
+    el.reading.replaceChildren();
+    const text = el.text.value;
+    if (!text.trim()) {
+      line("请先输入文本 · Enter some text first.", "hint");
+      return;
+    }
+    el.showReading.disabled = true;
+    try {
+      let response;
+      try {
+        response = await fetch("/v1/frontend/preview", {
+          method: "POST",
+          headers: { "Content-Type": "application/json", Accept: "application/json", ...authHeaders() },
+          body: JSON.stringify({ text, voice: el.voice.value || null }),
+        });
+      } catch (err) {
+        throw new ApiError(0, String(err), "network", null, null);
+      }
+      if (!response.ok) throw await toApiError(response);
+      const data = await response.json();
+      line(data.normalized, "reading-normalized");
+      for (const sentence of data.sentences) {
+        const parts = sentence.words.map((w) =>
+          `${w.break_before > 1 ? `#${w.break_before} ` : ""}${w.text}${w.source === "lexicon" ? "★" : ""} ` +
+          `(${w.syllables.join(" ")})`);
+        line(parts.join(" | "), "reading-sentence");
+      }
+      line(`词典版本 lexicon version ${data.lexicon_version}`, "hint");
+    } catch (err) {
+      const info = describe(err);
+      line(`${info.title}: ${err instanceof ApiError ? err.message : info.detail}`, "reading-error");
+    } finally {
+      el.showReading.disabled = false;
+    }
+  }
+
   // ---------------------------------------------------------------- wiring
 
   function init() {
@@ -440,6 +486,8 @@
       load();
     });
     el.form.addEventListener("submit", synthesize);
+    el.showReading.addEventListener("click", showReading);
+    el.showReading.disabled = false;
     updateCounter();
     load();
   }

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tts_server.inference.frontend.errors import FrontendError
 from tts_server.inference.frontend.normalize import NUMBER_CLOSE, NUMBER_OPEN, WORD_SEP, Reading, normalize
@@ -43,6 +44,7 @@ from tts_server.inference.frontend.symbols import (
     SyllableError,
     break_token,
     load_phone_set,
+    parse_pinyin,
     syllable_phones,
     word_tokens,
     words_of,
@@ -112,6 +114,8 @@ class Frontend:
         self._max_chars = max_sentence_chars
         self._segmenter = Segmenter()
         self._phones: dict[str, tuple[str, ...]] = {}
+        self._lexicon: dict[str, tuple[Syllable, ...]] = {}
+        self._lexicon_lengths: list[int] = []
         if warm_up:
             # Fills pypinyin's and jieba's lazy structures and the caches, so the first request does not pay.
             try:
@@ -128,6 +132,24 @@ class Frontend:
         return cls(load_phone_set(path), max_sentence_chars=max_sentence_chars, warm_up=warm_up)
 
     # -- public ----------------------------------------------------------------------------------------------
+
+    def set_lexicon(self, entries: Mapping[str, str]) -> None:
+        """Replace the user lexicon: word -> readings (``chong2 qing4``, one syllable per character). A listed
+        word is always cut as one word and read exactly so (no sandhi), whatever jieba and pypinyin say. An entry
+        this voice's phone set cannot pronounce is skipped with a warning rather than failing every request."""
+        lexicon: dict[str, tuple[Syllable, ...]] = {}
+        for word, reading in entries.items():
+            try:
+                syllables = tuple(parse_pinyin(part) for part in reading.split())
+                for syllable in syllables:
+                    self._syllable_phones(syllable.base)
+            except SyllableError as exc:
+                logger.warning("lexicon entry %r skipped: %s", word, exc)
+                continue
+            if len(syllables) == len(word):
+                lexicon[word] = syllables
+        self._lexicon = lexicon
+        self._lexicon_lengths = sorted({len(w) for w in lexicon}, reverse=True)
 
     def process(
         self,
@@ -174,14 +196,39 @@ class Frontend:
             out.append(" ".join([*parts, "#4"]))
         return out
 
-    def _chunks(
-        self, text: str, emotion: str, allowed: Collection[str], ssml: bool
-    ) -> Iterator[tuple[list[Word | _Pause], float, float]]:
-        items: list[Item]
+    def preview(self, text: str, *, ssml: bool = False) -> dict[str, Any]:
+        """What ``process`` would read, as JSON-able data: the normalised text and, per sentence, each word with
+        its syllables, the break before it and where its reading came from (``lexicon``, ``fixed`` for SSML
+        phonemes and spelled letters, else ``frontend``). Raises like ``process``."""
+        items = self._items(text, "neutral", (), ssml)
+        normalized = "".join(
+            seg if isinstance(seg, str) else seg.source
+            for item in items if isinstance(item, Span) for seg in item.segments
+        ).translate({ord(NUMBER_OPEN): None, ord(NUMBER_CLOSE): None, ord(WORD_SEP): None})
+        sentences = []
+        for chunk, _speed, _pause in self._chunks(text, "neutral", (), ssml, items):
+            words: list[dict[str, Any]] = []
+            parts: list[str] = []
+            for level, word in _words_with_breaks(chunk):
+                chars = "".join(word.chars)
+                source = "lexicon" if word.fixed and chars in self._lexicon else "fixed" if word.fixed else "frontend"
+                syllables = [str(s) for s in word.syllables]
+                words.append({"text": chars, "syllables": syllables, "break_before": level, "source": source})
+                parts.extend([f"#{level}", *syllables] if level else syllables)
+            text_read = "".join(str(w["text"]) for w in words)
+            sentences.append({"text": text_read, "pinyin": " ".join([*parts, "#4"]), "words": words})
+        return {"normalized": normalized, "sentences": sentences}
+
+    def _items(self, text: str, emotion: str, allowed: Collection[str], ssml: bool) -> list[Item]:
         if ssml:
-            items = parse_ssml(text, emotion=emotion, allowed_emotions=allowed, check_syllable=self._check)
-        else:
-            items = [Span(tuple(normalize(text)), emotion, 1.0)]
+            return parse_ssml(text, emotion=emotion, allowed_emotions=allowed, check_syllable=self._check)
+        return [Span(tuple(normalize(text)), emotion, 1.0)]
+
+    def _chunks(
+        self, text: str, emotion: str, allowed: Collection[str], ssml: bool, items: list[Item] | None = None
+    ) -> Iterator[tuple[list[Word | _Pause], float, float]]:
+        if items is None:
+            items = self._items(text, emotion, allowed, ssml)
         for sentence in self._sentences(self._tokens(items)):
             sentence.tokens = _phrase_breaks(sentence.tokens)
             self._sandhi(sentence.tokens)
@@ -226,11 +273,12 @@ class Frontend:
                                 yield Word(list(syllables), list(chars), item.emotion, False, item.speed)
                     elif run:
                         start = 0
-                        for w in self._segmenter.words(run):
-                            syllables, chars = word_reading(w, run, start)
+                        for w, user in self._words(run):
+                            # The polyphone model reads a word in the context of its whole run.
+                            syllables, chars = (user, tuple(w)) if user else word_reading(w, run, start)
                             start += len(w)
                             if syllables:
-                                yield Word(list(syllables), list(chars), item.emotion, False, item.speed)
+                                yield Word(list(syllables), list(chars), item.emotion, bool(user), item.speed)
                     elif space:
                         # Spaces between Chinese words are a short pause; next to Latin words (segment edges)
                         # they only separate words.
@@ -241,6 +289,27 @@ class Frontend:
                         if level is not None:
                             yield _Pause(level)
                         # Anything else (emoji, symbols without a reading) is not spoken.
+
+    def _words(self, run: str) -> Iterator[tuple[str, tuple[Syllable, ...] | None]]:
+        """jieba's words, except that user lexicon words (longest first, left to right) are cut out beforehand,
+        so they stay whole and jieba only segments the text between them."""
+        if not self._lexicon:
+            yield from ((w, None) for w in self._segmenter.words(run))
+            return
+        start = i = 0
+        while i < len(run):
+            for n in self._lexicon_lengths:
+                user = self._lexicon.get(run[i : i + n])
+                if user is not None and i + n <= len(run):
+                    break
+            else:
+                i += 1
+                continue
+            yield from ((w, None) for w in (self._segmenter.words(run[start:i]) if start < i else ()))
+            yield run[i : i + n], user
+            i += n
+            start = i
+        yield from ((w, None) for w in (self._segmenter.words(run[start:]) if start < len(run) else ()))
 
     def _sentences(self, tokens: Iterable[_Token]) -> list[_Sentence]:
         sentences: list[_Sentence] = []

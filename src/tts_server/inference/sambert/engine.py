@@ -14,7 +14,7 @@ import time
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -153,6 +153,7 @@ class SambertEngine:
         self._voices = {v.name: v for v in voices}
         self._threads = threads
         self._frontends: dict[str, Frontend] = {}
+        self._lexicon: Mapping[str, str] = {}
         torch.set_num_threads(threads)
 
     # -- Engine protocol ---------------------------------------------------------------------------------------
@@ -224,6 +225,20 @@ class SambertEngine:
             )
             frontend_s = 0.0
 
+    # -- SupportsLexicon ---------------------------------------------------------------------------------------
+
+    def set_lexicon(self, entries: Mapping[str, str]) -> None:
+        self._lexicon = dict(entries)
+        for frontend in self._frontends.values():
+            frontend.set_lexicon(self._lexicon)
+
+    def preview(self, text: str, voice: str, *, input_format: InputFormat = "text") -> dict[str, Any]:
+        if input_format not in ("text", "ssml"):
+            raise EngineError("a preview reads text or ssml; symbols are read as given", param="input_format")
+        if not text.strip():
+            raise EngineError("text is empty", param="text")
+        return self._frontend(self._voice(voice)).preview(text, ssml=input_format == "ssml")
+
     # -- helpers -----------------------------------------------------------------------------------------------
 
     def _voice(self, name: str) -> SambertVoice:
@@ -276,6 +291,8 @@ class SambertEngine:
         frontend = self._frontends.get(voice.name)
         if frontend is None:
             frontend = Frontend(phone_inventory=voice.unit.phone_inventory)
+            if self._lexicon:  # a fresh frontend has none
+                frontend.set_lexicon(self._lexicon)
             self._frontends[voice.name] = frontend
         return frontend
 
