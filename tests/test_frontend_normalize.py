@@ -18,10 +18,11 @@ from tts_server.inference.frontend.normalize import (
 )
 
 
-def _text(segments: list[str | Reading]) -> str:
-    """Segments as one string, word boundaries of readings as |, spelled words as their pinyin in brackets."""
+def _text(segments: list[str | Reading], word_sep: str = "|") -> str:
+    """Segments as one string, word boundaries of readings as ``word_sep``, spelled words as their pinyin in
+    brackets."""
     return "".join(
-        s.replace(NUMBER_OPEN, "").replace(NUMBER_CLOSE, "").replace(WORD_SEP, "|")
+        s.replace(NUMBER_OPEN, "").replace(NUMBER_CLOSE, "").replace(WORD_SEP, word_sep)
         if isinstance(s, str)
         else "[" + " ".join(map(str, s.syllables)) + "]"
         for s in segments

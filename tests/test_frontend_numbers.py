@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from tts_server.inference.frontend.normalize import NUMBER_CLOSE, NUMBER_OPEN, WORD_SEP, Reading, normalize
+from tests.test_frontend_normalize import _text
+from tts_server.inference.frontend.normalize import normalize
 
 ISSUE_10 = frozenset(
     {"投诉电话10015", "编号27149", "“26314”号", "86年", ".22口径", "36.00元", "比分测试17:16", "930新政策", "985高校"}
@@ -318,22 +319,13 @@ CASES: dict[str, list[tuple[str, str]]] = {
 }
 
 
-def _reading(segments: list[str | Reading]) -> str:
-    return "".join(
-        s.replace(NUMBER_OPEN, "").replace(NUMBER_CLOSE, "").replace(WORD_SEP, "")
-        if isinstance(s, str)
-        else "[" + " ".join(map(str, s.syllables)) + "]"
-        for s in segments
-    )
-
-
 @pytest.mark.parametrize(
     ("text", "expected"),
     [pytest.param(text, expected, id=f"{category}-{i}") for category, cases in CASES.items()
      for i, (text, expected) in enumerate(cases)],
 )  # fmt: skip
 def test_number_in_context(text: str, expected: str) -> None:
-    assert _reading(normalize(text)) == expected
+    assert _text(normalize(text), word_sep="") == expected
 
 
 def test_table_covers_every_category_and_issue_case() -> None:

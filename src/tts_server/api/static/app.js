@@ -76,15 +76,26 @@
       param, parseRetryAfter(response.headers.get("Retry-After")));
   }
 
-  async function getJSON(path) {
+  // fetch() with the API key; a network failure or an error status becomes an ApiError.
+  async function call(path, accept, body) {
+    const init = { headers: { Accept: accept, ...authHeaders() } };
+    if (body !== undefined) {
+      init.method = "POST";
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
     let response;
     try {
-      response = await fetch(path, { headers: { Accept: "application/json", ...authHeaders() } });
+      response = await fetch(path, init);
     } catch (err) {
       throw new ApiError(0, String(err), "network", null, null);
     }
     if (!response.ok) throw await toApiError(response);
-    return response.json();
+    return response;
+  }
+
+  async function getJSON(path) {
+    return (await call(path, "application/json")).json();
   }
 
   // ---------------------------------------------------------------- errors in plain language
@@ -383,17 +394,7 @@
     setStatus("正在合成… Synthesizing…");
     const started = performance.now();
     try {
-      let response;
-      try {
-        response = await fetch("/v1/synthesize", {
-          method: "POST",
-          headers: { "Content-Type": "application/json", Accept: "audio/*, application/json", ...authHeaders() },
-          body: JSON.stringify(request),
-        });
-      } catch (err) {
-        throw new ApiError(0, String(err), "network", null, null);
-      }
-      if (!response.ok) throw await toApiError(response);
+      const response = await call("/v1/synthesize", "audio/*, application/json", request);
       const blob = await response.blob();
       showResult(blob, response, request, performance.now() - started);
     } catch (err) {
@@ -424,17 +425,8 @@
     }
     el.showReading.disabled = true;
     try {
-      let response;
-      try {
-        response = await fetch("/v1/frontend/preview", {
-          method: "POST",
-          headers: { "Content-Type": "application/json", Accept: "application/json", ...authHeaders() },
-          body: JSON.stringify({ text, voice: el.voice.value || null }),
-        });
-      } catch (err) {
-        throw new ApiError(0, String(err), "network", null, null);
-      }
-      if (!response.ok) throw await toApiError(response);
+      const response = await call("/v1/frontend/preview", "application/json",
+        { text, voice: el.voice.value || null });
       const data = await response.json();
       line(data.normalized, "reading-normalized");
       for (const sentence of data.sentences) {
