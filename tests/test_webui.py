@@ -420,3 +420,56 @@ def test_webui_pronunciation_preview(serve: Callable[..., LiveServer], open_page
     page.wait_for_function("() => document.getElementById('reading').textContent.includes('重庆★ (zhong4 qing4)')")
     assert "天气 (tian1 qi4)" in page.text_content("#reading")
     assert "lexicon version 1" in page.text_content("#reading")
+
+
+def _chips(page: Any, selector: str) -> list[tuple[str, str]]:
+    """(value, visible label) of each emotion radio under the selector, in page order."""
+    chips = page.locator(f"{selector} label.chip")
+    return [(chips.nth(i).locator("input").get_attribute("value"), chips.nth(i).inner_text())
+            for i in range(chips.count())]
+
+
+def test_webui_core_emotions_first_rest_behind_more(serve: Callable[..., LiveServer],
+                                                     open_page: Callable[..., Any], tmp_path: Path) -> None:
+    # A Sambert voice accepts the model's whole 23-name emotion vocabulary: the picker shows the core ones, folds
+    # the rest behind "More", and labels every one "中文 · english".
+    from tests.tinymodel import build_tiny_model_dir
+    from tts_server.api.emotions import CORE_EMOTIONS, EMOTION_LABELS
+
+    model_dir = build_tiny_model_dir(tmp_path / "model", voices=("zhitian_emo",))
+    page = open_page(serve(engine={"name": "sambert"}, model={"model_dir": str(model_dir)}))
+    core = _chips(page, "#emotions")
+    assert [value for value, _ in core] == list(CORE_EMOTIONS)
+    assert all(page.locator(f"#emotions input[value='{v}']").is_visible() for v, _ in core)
+    assert page.locator("input[name='emotion']:checked").get_attribute("value") == "neutral"
+
+    toggle = page.locator("#more-emotions")
+    assert toggle.is_visible()
+    assert toggle.get_attribute("aria-expanded") == "false"
+    more = _chips(page, "#emotions-more")
+    assert len(more) == 23 - len(CORE_EMOTIONS)
+    assert page.locator("#emotions-more").is_hidden()
+    assert not any(page.locator(f"#emotions-more input[value='{v}']").is_visible() for v, _ in more)
+
+    toggle.click()
+    assert toggle.get_attribute("aria-expanded") == "true"
+    assert all(page.locator(f"#emotions-more input[value='{v}']").is_visible() for v, _ in more)
+    for value, label in core + more:
+        assert label == f"{EMOTION_LABELS[value]} · {value}"
+    page.check("#emotions-more input[value='gentle']")
+    assert page.locator("input[name='emotion']:checked").get_attribute("value") == "gentle"
+    # Folding keeps the choice; a re-render (the UI reloads /v1/voices after errors) unfolds to show it.
+    toggle.click()
+    assert page.locator("#emotions-more").is_hidden()
+    assert page.locator("input[name='emotion']:checked").get_attribute("value") == "gentle"
+    page.dispatch_event("#voice", "change")
+    assert page.locator("#emotions-more input[value='gentle']").is_visible()
+    assert toggle.get_attribute("aria-expanded") == "true"
+
+
+def test_webui_voice_without_extra_emotions_has_no_more_toggle(page: Any) -> None:
+    # The tone engine's voices have only core emotions: no toggle, and Chinese labels from /v1/voices.
+    assert _chips(page, "#emotions") == [("neutral", "中性 · neutral"), ("happy", "开心 · happy"),
+                                         ("sad", "悲伤 · sad")]
+    assert page.locator("#more-emotions").is_hidden()
+    assert _chips(page, "#emotions-more") == []

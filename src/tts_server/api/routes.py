@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tts_server import __version__
 from tts_server.api import errors
+from tts_server.api.emotions import core_emotions, emotion_labels
 from tts_server.api.errors import GUARDED_ERRORS, SYNTHESIS_ERRORS, ApiError, invalid
 from tts_server.api.schemas import (
     SPEED_MAX,
@@ -110,7 +111,8 @@ async def voices(request: Request) -> VoicesResponse:
         raise NotReady(5, "no worker is ready")
     return VoicesResponse(
         default_voice=next(iter(pool.voices)),
-        voices=[VoiceModel(name=v.name, emotions=list(v.emotions), default_emotion=v.default_emotion,
+        voices=[VoiceModel(name=v.name, emotions=list(v.emotions), core_emotions=core_emotions(v.emotions),
+                           emotion_labels=emotion_labels(v.emotions), default_emotion=v.default_emotion,
                            sample_rate=v.sample_rate, preview_text=v.preview_text) for v in pool.voices.values()],
     )
 

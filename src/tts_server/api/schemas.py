@@ -109,7 +109,12 @@ class ModelList(BaseModel):
 
 class VoiceModel(BaseModel):
     name: str
-    emotions: list[str]
+    emotions: list[str] = Field(description="Every emotion the voice accepts, in the model's order.")
+    core_emotions: list[str] = Field(description="The voice's emotions that are its core ones (neutral, happy, "
+                                                 "angry, sad, fear, surprise, disgust, hate), in that order; "
+                                                 "pickers show these first and the rest on demand.")
+    emotion_labels: dict[str, str] = Field(description="A Chinese display label for each of the voice's emotions "
+                                                       "(the name itself where none is known).")
     default_emotion: str
     sample_rate: int
     preview_text: str

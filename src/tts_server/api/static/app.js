@@ -2,11 +2,6 @@
 "use strict";
 
 (() => {
-  // Display names for the emotions the Sambert voices use; unknown names are shown as they come.
-  const EMOTION_NAMES = {
-    neutral: "中性", happy: "开心", sad: "悲伤", angry: "生气", fear: "恐惧", fearful: "恐惧",
-    disgust: "厌恶", disgusted: "厌恶", surprise: "惊讶", surprised: "惊讶", calm: "平静",
-  };
   // Formats a browser can play from an <audio> element (raw pcm cannot, so it is not offered here).
   const UI_FORMATS = ["wav", "mp3", "flac", "ogg", "opus"];
   const FORMAT_MIME = {
@@ -18,7 +13,8 @@
   const $ = (id) => document.getElementById(id);
   const el = {
     form: $("tts-form"), text: $("text"), used: $("char-used"), limit: $("char-limit"), counter: $("char-count"),
-    voice: $("voice"), emotions: $("emotions"), speed: $("speed"), speedValue: $("speed-value"),
+    voice: $("voice"), emotions: $("emotions"), moreEmotions: $("emotions-more"),
+    moreToggle: $("more-emotions"), speed: $("speed"), speedValue: $("speed-value"),
     speedMin: $("speed-min"), speedMax: $("speed-max"), formats: $("formats"), apiKey: $("api-key"),
     advanced: $("advanced"), button: $("synthesize"), status: $("status"), error: $("error"),
     errorTitle: $("error-title"), errorDetail: $("error-detail"), result: $("result"), player: $("player"),
@@ -225,7 +221,7 @@
       const en = document.createElement("span");
       en.className = "en";
       en.textContent = sub;
-      text.append(" ", en);
+      text.append(" · ", en);
     }
     label.append(input, text);
     return label;
@@ -236,15 +232,41 @@
     return input ? input.value : null;
   }
 
+  function emotionChip(voice, emotion, checked) {
+    // Labels come from /v1/voices; a label equal to the name means the server knows no Chinese one.
+    const zh = (voice.emotion_labels || {})[emotion];
+    return zh && zh !== emotion
+      ? chip("emotion", emotion, checked, zh, emotion)
+      : chip("emotion", emotion, checked, emotion, "");
+  }
+
+  function showMoreEmotions(open) {
+    el.moreEmotions.hidden = !open;
+    el.moreToggle.setAttribute("aria-expanded", String(open));
+    const count = el.moreEmotions.childElementCount;
+    el.moreToggle.textContent = open ? "收起 · Fewer" : `更多 · More (${count})`;
+  }
+
   function renderEmotions() {
     const voice = state.voices.get(el.voice.value);
     const keep = selected("emotion");
     el.emotions.replaceChildren();
+    el.moreEmotions.replaceChildren();
+    el.moreToggle.hidden = true;
+    el.moreEmotions.hidden = true;
     if (!voice) return;
     const current = voice.emotions.includes(keep) ? keep : voice.default_emotion;
-    for (const emotion of voice.emotions) {
-      const zh = EMOTION_NAMES[emotion];
-      el.emotions.append(chip("emotion", emotion, emotion === current, zh || emotion, zh ? emotion : ""));
+    // The core emotions first; the rest of the model's vocabulary stays folded until asked for. A voice with no
+    // core emotion (another engine) shows everything up front.
+    const core = (voice.core_emotions || []).filter((e) => voice.emotions.includes(e));
+    const first = core.length ? core : voice.emotions;
+    const rest = voice.emotions.filter((e) => !first.includes(e));
+    for (const emotion of first) el.emotions.append(emotionChip(voice, emotion, emotion === current));
+    for (const emotion of rest) el.moreEmotions.append(emotionChip(voice, emotion, emotion === current));
+    if (rest.length) {
+      el.moreToggle.hidden = false;
+      // A chosen emotion is never hidden behind the toggle.
+      showMoreEmotions(rest.includes(current));
     }
     el.preview.disabled = !voice.preview_text;
   }
@@ -460,6 +482,7 @@
       }
     });
     el.voice.addEventListener("change", renderEmotions);
+    el.moreToggle.addEventListener("click", () => showMoreEmotions(el.moreEmotions.hidden));
     el.speed.addEventListener("input", () => {
       el.speedValue.textContent = `${Number(el.speed.value).toFixed(2)}×`;
     });
