@@ -8,7 +8,9 @@ Directives in the text steer the fault cases, e.g. ``"[sleep=0.5] 你好"``:
 - ``leak=MB``: keep MB megabytes alive forever (memory growth).
 Every job that runs appends ``pid<TAB>text`` (text backslash-escaped) to the file named by ``TTS_TEST_ENGINE_LOG``
 (if set), so tests can check what ran and where; a job whose ``input_format`` is not ``text`` logs
-``pid<TAB>format<TAB>text``.
+``pid<TAB>format<TAB>text``; a job with a non-default pitch or volume is logged with
+``pitch=P volume_db=V<TAB>`` before the format (or text). Volume is applied with the real gain (``apply_gain``),
+pitch raises the tone by P semitones (any audible, deterministic change will do for a test engine).
 ``input_format="ssml"`` must be a well-formed ``<speak>`` document (no DTD) and speaks its text content;
 ``input_format="symbols"`` must be ``{...}`` tokens. Otherwise the engine refuses it as a client error, like the
 real engine.
@@ -26,6 +28,7 @@ import defusedxml.ElementTree as SafeET
 import numpy as np
 
 from tts_server.config import Settings
+from tts_server.inference.audio import apply_gain
 from tts_server.inference.engine import INPUT_FORMATS, EngineError, InputFormat, Synthesis, VoiceInfo
 
 SAMPLE_RATE = 16000
@@ -56,9 +59,12 @@ class ToneEngine:
         self.warmed = True
 
     def synthesize(
-        self, text: str, voice: str, emotion: str, speed: float, *, input_format: InputFormat = "text"
+        self, text: str, voice: str, emotion: str, speed: float, *, input_format: InputFormat = "text",
+        pitch: float = 0.0, volume_db: float = 0.0,
     ) -> Synthesis:
-        pieces = list(self.synthesize_stream(text, voice, emotion, speed, input_format=input_format))
+        pieces = list(self.synthesize_stream(
+            text, voice, emotion, speed, input_format=input_format, pitch=pitch, volume_db=volume_db
+        ))
         audio = np.concatenate([p.audio for p in pieces]).astype(np.float32)
         stages: dict[str, float] = {}
         for p in pieces:
@@ -67,7 +73,8 @@ class ToneEngine:
         return Synthesis(audio, SAMPLE_RATE, stages)
 
     def synthesize_stream(
-        self, text: str, voice: str, emotion: str, speed: float, *, input_format: InputFormat = "text"
+        self, text: str, voice: str, emotion: str, speed: float, *, input_format: InputFormat = "text",
+        pitch: float = 0.0, volume_db: float = 0.0,
     ) -> Iterator[Synthesis]:
         if input_format not in INPUT_FORMATS:
             raise EngineError(f"unknown input_format {input_format!r}", param="input_format")
@@ -75,7 +82,10 @@ class ToneEngine:
             raise EngineError(f"unknown voice {voice!r}", param="voice")
         if emotion not in VOICES[voice].emotions:
             raise EngineError(f"unknown emotion {emotion!r}", param="emotion")
-        self._log(text if input_format == "text" else f"{input_format}\t{text}")
+        logged = text if input_format == "text" else f"{input_format}\t{text}"
+        if pitch != 0.0 or volume_db != 0.0:
+            logged = f"pitch={pitch:g} volume_db={volume_db:g}\t{logged}"
+        self._log(logged)
         if input_format == "ssml":
             text = _ssml_text(text)
         elif input_format == "symbols" and not text.lstrip().startswith("{"):
@@ -98,13 +108,14 @@ class ToneEngine:
         # Line breaks end a sentence, as in the real frontend: a text's newlines change its audio.
         sentences = [s for s in re.split(r"(?<=[。！？.!?\n\r\u2028\u2029])", body) if s.strip()] or [body or " "]
         base = 220.0 + 40.0 * list(VOICES).index(voice) + 20.0 * VOICES[voice].emotions.index(emotion)
+        base *= 2.0 ** (pitch / 12.0)
         for sentence in sentences:
             t0 = time.perf_counter()
             if sleep:
                 time.sleep(sleep)
             n = max(1, int(len(sentence) * SECONDS_PER_CHAR * SAMPLE_RATE / speed))
             t = np.arange(n, dtype=np.float32) / SAMPLE_RATE
-            audio = (0.3 * np.sin(2 * np.pi * base * t)).astype(np.float32)
+            audio = apply_gain((0.3 * np.sin(2 * np.pi * base * t)).astype(np.float32), volume_db)
             yield Synthesis(audio, SAMPLE_RATE, {"frontend": 0.0, "acoustic": time.perf_counter() - t0,
                                                  "vocoder": 0.0})
 

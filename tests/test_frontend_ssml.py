@@ -116,7 +116,8 @@ def test_phoneme_is_not_changed_by_sandhi(frontend: Frontend) -> None:
 REJECTED = [
     ("<speak><audio src='x.wav'/></speak>", "<audio>"),
     ("<speak><voice name='x'>你好</voice></speak>", "<voice>"),
-    ("<speak><prosody pitch='high'>你好</prosody></speak>", "'pitch' on <prosody>"),
+    ("<speak><prosody contour='(0%,+20Hz)'>你好</prosody></speak>", "'contour' on <prosody>"),
+    ("<speak><prosody pitch='+2st'>你好</prosody></speak>", "<prosody pitch='+2st'>"),
     ("<speak><break time='10s'/></speak>", "<break time='10s'>"),
     ("<speak><break time='soon'/></speak>", "<break time='soon'>"),
     ("<speak><break strength='huge'/></speak>", "<break strength='huge'>"),

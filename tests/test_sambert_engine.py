@@ -208,6 +208,8 @@ class _FakeUtterance:
     symbols: str
     speed: float = 1.0
     pause_after_s: float = 0.0
+    pitch: float = 0.0
+    volume_db: float = 0.0
 
 
 class _FakeFrontend:

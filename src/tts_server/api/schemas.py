@@ -6,7 +6,7 @@ from typing import Annotated, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from tts_server.inference.engine import InputFormat
+from tts_server.inference.engine import PITCH_MAX, PITCH_MIN, VOLUME_DB_MAX, VOLUME_DB_MIN, InputFormat
 
 SPEED_MIN = 0.5
 SPEED_MAX = 2.0
@@ -49,6 +49,13 @@ class SynthesizeRequest(BaseModel):
     voice: str | None = Field(None, description="Voice name from GET /v1/voices; the default voice when omitted.")
     emotion: str | None = Field(None, description="One of the voice's emotions; the voice's default when omitted.")
     speed: float = Field(1.0, ge=SPEED_MIN, le=SPEED_MAX, description="Speaking rate multiplier.")
+    pitch: float = Field(0.0, ge=PITCH_MIN, le=PITCH_MAX,
+                         description="Pitch shift added to the model's predicted pitch, in the model's normalised "
+                                     "units (1.0 = one standard deviation of the voice's training pitch, roughly 2-4 "
+                                     "semitones); 0 leaves it unchanged. Adds to SSML <prosody pitch>.")
+    volume: float = Field(0.0, ge=VOLUME_DB_MIN, le=VOLUME_DB_MAX,
+                          description="Gain in dB; if the result would exceed 0.999 full scale the audio is scaled "
+                                      "down to that peak instead of clipped. Adds to SSML <prosody volume>.")
     format: SynthesisFormat = Field("wav", description="Audio container: wav (16-bit PCM), pcm (raw s16le mono), "
                                                        "flac, mp3, ogg (Vorbis) or opus (Ogg Opus).")
     sample_rate: int | None = Field(

@@ -55,13 +55,15 @@ class SpeechJob:
     #: The user lexicon when the request was resolved: its version goes to the worker, its fingerprint into
     #: the cache key.
     lexicon: Lexicon = field(default_factory=Lexicon)
+    pitch: float = 0.0
+    volume_db: float = 0.0
 
     def cache_key(self, state: AppState) -> CacheKey | None:
         if state.cache is None:
             return None
         return state.cache.key(text=self.text, input_format=self.input_format, voice=self.voice,
                                emotion=self.emotion, speed=self.speed, fmt=self.fmt, sample_rate=self.rate,
-                               lexicon=self.lexicon.fingerprint)
+                               lexicon=self.lexicon.fingerprint, pitch=self.pitch, volume_db=self.volume_db)
 
 
 # --- resolving ----------------------------------------------------------------------------------------------
@@ -124,10 +126,10 @@ class Exchange:
         self._recorded = False
 
     def job_for(self, *, text: str, input_format: InputFormat, voice: str, emotion: str, speed: float,
-                rate: int) -> SpeechJob:
+                rate: int, pitch: float = 0.0, volume_db: float = 0.0) -> SpeechJob:
         self.job = SpeechJob(text=text, input_format=input_format, voice=voice, emotion=emotion, speed=speed,
                              fmt=self.fmt, rate=rate, request_id=self.request_id, route=self.route,
-                             lexicon=self.state.lexicon.current)
+                             lexicon=self.state.lexicon.current, pitch=pitch, volume_db=volume_db)
         return self.job
 
     @contextlib.contextmanager
@@ -196,7 +198,7 @@ def audio_headers(item: CachedAudio, hit: bool, job: SpeechJob) -> dict[str, str
 def _submit(state: AppState, job: SpeechJob, *, stream: bool) -> JobHandle:
     return state.pool.submit(text=job.text, input_format=job.input_format, voice=job.voice, emotion=job.emotion,
                              speed=job.speed, request_id=job.request_id, stream=stream,
-                             lexicon_version=job.lexicon.version)
+                             lexicon_version=job.lexicon.version, pitch=job.pitch, volume_db=job.volume_db)
 
 
 async def _produce(state: AppState, job: SpeechJob) -> CachedAudio:

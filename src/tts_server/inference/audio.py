@@ -40,6 +40,24 @@ FORMATS: Final[dict[str, FormatSpec]] = {
 }
 
 
+#: Largest absolute sample value a volume gain may produce (just under full scale).
+PEAK_LIMIT: Final = 0.999
+
+
+def apply_gain(audio: npt.NDArray[np.float32], gain_db: float) -> npt.NDArray[np.float32]:
+    """Scale ``audio`` by ``gain_db`` decibels with clipping protection: if the scaled peak would exceed
+    ``PEAK_LIMIT`` the whole piece is scaled so that its peak is exactly ``PEAK_LIMIT`` instead (never hard-clipped,
+    so the waveform keeps its shape). Audio already above the limit is not touched by a gain of 0 dB."""
+    if gain_db == 0.0 or audio.size == 0:
+        return audio
+    factor = 10.0 ** (gain_db / 20.0)
+    peak = float(np.max(np.abs(audio))) * factor
+    if peak > PEAK_LIMIT:
+        factor *= PEAK_LIMIT / peak
+    out: npt.NDArray[np.float32] = (audio * np.float32(factor)).astype(np.float32, copy=False)
+    return out
+
+
 def to_int16(audio: npt.NDArray[np.float32]) -> npt.NDArray[np.int16]:
     """Float [-1, 1] -> int16 the way the reference does (x * 32768, truncated), clipped instead of wrapping."""
     scaled: npt.NDArray[np.float32] = np.clip(audio * 32768.0, -32768, 32767)

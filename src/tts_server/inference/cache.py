@@ -77,12 +77,17 @@ class CacheKey:
     #: Fingerprint of the user lexicon's entries: a lexicon change must never be answered with audio read the
     #: old way. Empty without a lexicon (and then left out, so existing disk entries keep their digests).
     lexicon: str = ""
+    #: Prosody (pitch shift, gain in dB): in the digest only when set, for the same reason as ``lexicon``.
+    pitch: float = 0.0
+    volume_db: float = 0.0
 
     def digest(self) -> str:
         fields = [self.text, self.input_format, self.voice, self.emotion, repr(float(self.speed)), self.format,
                   self.sample_rate, self.revision]
         if self.lexicon:
             fields.append(self.lexicon)
+        if self.pitch != 0.0 or self.volume_db != 0.0:
+            fields.append(f"prosody:{float(self.pitch)!r}:{float(self.volume_db)!r}")
         # ASCII escapes: any Python str hashes, even one no request validator should have let through.
         return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
 
@@ -293,8 +298,9 @@ class AudioCache:
                      self._disk.directory)
 
     def key(self, *, text: str, voice: str, emotion: str, speed: float, fmt: str, sample_rate: int,
-            input_format: str = "text", lexicon: str = "") -> CacheKey:
-        return CacheKey(text, input_format, voice, emotion, float(speed), fmt, sample_rate, self.revision, lexicon)
+            input_format: str = "text", lexicon: str = "", pitch: float = 0.0, volume_db: float = 0.0) -> CacheKey:
+        return CacheKey(text, input_format, voice, emotion, float(speed), fmt, sample_rate, self.revision, lexicon,
+                        float(pitch), float(volume_db))
 
     @property
     def memory_bytes(self) -> int:

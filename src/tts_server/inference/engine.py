@@ -22,6 +22,15 @@ STAGES = ("frontend", "acoustic", "vocoder")
 InputFormat = Literal["text", "ssml", "symbols"]
 INPUT_FORMATS: tuple[InputFormat, ...] = get_args(InputFormat)
 
+#: ``pitch``: an additive shift of the acoustic model's predicted per-token pitch, in the model's own units.
+#: KAN-TTS models are trained on per-speaker mean/std-normalised f0, so 1.0 is one standard deviation of the
+#: speaker's training f0 (roughly 2-4 semitones for typical voices; the exact value depends on the voice's
+#: statistics, which published models do not ship). The range keeps the shifted pitch within what the pitch
+#: embedding saw in training.
+PITCH_MIN, PITCH_MAX = -2.0, 2.0
+#: ``volume_db``: gain in dB applied to the waveform, with clipping protection (``audio.apply_gain``).
+VOLUME_DB_MIN, VOLUME_DB_MAX = -40.0, 20.0
+
 
 class EngineError(Exception):
     """A job failed because of its input or the model; the worker itself is healthy.
@@ -70,14 +79,18 @@ class Engine(Protocol):
         ...
 
     def synthesize(
-        self, text: str, voice: str, emotion: str, speed: float, *, input_format: InputFormat = "text"
+        self, text: str, voice: str, emotion: str, speed: float, *, input_format: InputFormat = "text",
+        pitch: float = 0.0, volume_db: float = 0.0,
     ) -> Synthesis:
         """Synthesise the whole text, read as ``input_format``. Raises ``EngineError`` for bad input (an
-        ``input_format`` the engine does not support included, with ``param="input_format"``)."""
+        ``input_format`` the engine does not support included, with ``param="input_format"``). ``pitch`` and
+        ``volume_db`` (see ``PITCH_MIN`` and ``VOLUME_DB_MIN``) apply on top of any SSML ``<prosody>``; their
+        defaults change nothing."""
         ...
 
     def synthesize_stream(
-        self, text: str, voice: str, emotion: str, speed: float, *, input_format: InputFormat = "text"
+        self, text: str, voice: str, emotion: str, speed: float, *, input_format: InputFormat = "text",
+        pitch: float = 0.0, volume_db: float = 0.0,
     ) -> Iterator[Synthesis]:
         """Synthesise sentence by sentence, yielding each sentence's audio as soon as it is ready."""
         ...

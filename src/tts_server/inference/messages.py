@@ -36,6 +36,9 @@ class Job:
     #: Version of the user lexicon when the job was admitted; a worker holding an older one re-reads the file
     #: first, so a lexicon change is in effect for the next job in every worker.
     lexicon_version: int = 0
+    #: Prosody on top of the text's own (``Engine.synthesize``): pitch shift in model units, gain in dB.
+    pitch: float = 0.0
+    volume_db: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -144,7 +144,7 @@ def _run(engine: object, job: Job, send: Callable[[object], None],
             audio_seconds = 0.0
             sample_rate = 0
             pieces = engine.synthesize_stream(
-                job.text, job.voice, job.emotion, job.speed, input_format=job.input_format
+                job.text, job.voice, job.emotion, job.speed, input_format=job.input_format, **_prosody(job)
             )
             for seq, piece in enumerate(pieces):
                 _add_stages(stages, piece)
@@ -156,7 +156,9 @@ def _run(engine: object, job: Job, send: Callable[[object], None],
                     return Cancelled(job.job_id)
             audio = _EMPTY
         else:
-            syn = engine.synthesize(job.text, job.voice, job.emotion, job.speed, input_format=job.input_format)
+            syn = engine.synthesize(
+                job.text, job.voice, job.emotion, job.speed, input_format=job.input_format, **_prosody(job)
+            )
             _add_stages(stages, syn)
             audio = np.ascontiguousarray(syn.audio, np.float32)
             sample_rate = syn.sample_rate
@@ -179,3 +181,13 @@ def _run(engine: object, job: Job, send: Callable[[object], None],
 def _add_stages(total: dict[str, float], syn: Synthesis) -> None:
     for stage, seconds in syn.stage_seconds.items():
         total[stage] = total.get(stage, 0.0) + seconds
+
+
+def _prosody(job: Job) -> dict[str, float]:
+    # Only non-default values are passed, so an engine written before these keywords keeps working unchanged.
+    out = {}
+    if job.pitch != 0.0:
+        out["pitch"] = job.pitch
+    if job.volume_db != 0.0:
+        out["volume_db"] = job.volume_db
+    return out

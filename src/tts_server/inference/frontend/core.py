@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +72,14 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 @dataclass(frozen=True)
 class Utterance:
-    """One sentence: its symbol string (ends with a #4 break), speed factor and silence to append after it."""
+    """One sentence: its symbol string (ends with a #4 break), speed factor, silence to append after it, pitch
+    shift (model pitch units) and volume gain (dB) from SSML ``<prosody>``."""
 
     symbols: str
     speed: float = 1.0
     pause_after_s: float = 0.0
+    pitch: float = 0.0
+    volume_db: float = 0.0
 
 
 @dataclass(slots=True)
@@ -89,9 +92,15 @@ class _Sentence:
     tokens: list[Word | _Pause]
     speed: float
     pause_after_s: float = 0.0
+    pitch: float = 0.0
+    volume_db: float = 0.0
 
 
 _Token = Word | _Pause | BreakMark | SentenceMark
+
+
+def _word(span: Span, syllables: list[Syllable], chars: list[str], fixed: bool) -> Word:
+    return Word(syllables, chars, span.emotion, fixed, span.speed, span.pitch, span.volume_db)
 
 
 def _bare_emotion(name: str) -> str:
@@ -172,8 +181,8 @@ class Frontend:
                 param="emotion",
             )
         utterances = [
-            Utterance(self._emit(chunk, speaker), speed, pause)
-            for chunk, speed, pause in self._chunks(text, emotion, allowed, ssml)
+            Utterance(self._emit(chunk, speaker), sentence.speed, pause, sentence.pitch, sentence.volume_db)
+            for chunk, sentence, pause in self._chunks(text, emotion, allowed, ssml)
         ]
         if not utterances:
             raise FrontendError(
@@ -187,7 +196,7 @@ class Frontend:
         For tests and debugging; raises like ``process``.
         """
         out = []
-        for chunk, _speed, _pause in self._chunks(text, emotion, (), ssml):
+        for chunk, _sentence, _pause in self._chunks(text, emotion, (), ssml):
             parts: list[str] = []
             for level, word in _words_with_breaks(chunk):
                 if level:
@@ -206,7 +215,7 @@ class Frontend:
             for item in items if isinstance(item, Span) for seg in item.segments
         ).translate({ord(NUMBER_OPEN): None, ord(NUMBER_CLOSE): None, ord(WORD_SEP): None})
         sentences = []
-        for chunk, _speed, _pause in self._chunks(text, "neutral", (), ssml, items):
+        for chunk, _sentence, _pause in self._chunks(text, "neutral", (), ssml, items):
             words: list[dict[str, Any]] = []
             parts: list[str] = []
             for level, word in _words_with_breaks(chunk):
@@ -226,7 +235,7 @@ class Frontend:
 
     def _chunks(
         self, text: str, emotion: str, allowed: Collection[str], ssml: bool, items: list[Item] | None = None
-    ) -> Iterator[tuple[list[Word | _Pause], float, float]]:
+    ) -> Iterator[tuple[list[Word | _Pause], _Sentence, float]]:
         if items is None:
             items = self._items(text, emotion, allowed, ssml)
         for sentence in self._sentences(self._tokens(items)):
@@ -234,7 +243,7 @@ class Frontend:
             self._sandhi(sentence.tokens)
             chunks = _split_long(sentence.tokens, self._max_chars)
             for i, chunk in enumerate(chunks):
-                yield chunk, sentence.speed, sentence.pause_after_s if i == len(chunks) - 1 else 0.0
+                yield chunk, sentence, sentence.pause_after_s if i == len(chunks) - 1 else 0.0
 
     # -- stages ------------------------------------------------------------------------------------------------
 
@@ -257,7 +266,7 @@ class Frontend:
             for seg in item.segments:
                 if isinstance(seg, Reading):
                     if seg.syllables:
-                        yield Word(list(seg.syllables), [""] * len(seg.syllables), item.emotion, True, item.speed)
+                        yield _word(item, list(seg.syllables), [""] * len(seg.syllables), True)
                     continue
                 last = len(seg)
                 for m in _TOKEN_RE.finditer(seg):
@@ -270,7 +279,7 @@ class Frontend:
                                 continue
                             syllables, chars = word_reading(piece)
                             if syllables:
-                                yield Word(list(syllables), list(chars), item.emotion, False, item.speed)
+                                yield _word(item, list(syllables), list(chars), False)
                     elif run:
                         start = 0
                         for w, user in self._words(run):
@@ -278,7 +287,7 @@ class Frontend:
                             syllables, chars = (user, tuple(w)) if user else word_reading(w, run, start)
                             start += len(w)
                             if syllables:
-                                yield Word(list(syllables), list(chars), item.emotion, bool(user), item.speed)
+                                yield _word(item, list(syllables), list(chars), bool(user))
                     elif space:
                         # Spaces between Chinese words are a short pause; next to Latin words (segment edges)
                         # they only separate words.
@@ -314,20 +323,21 @@ class Frontend:
     def _sentences(self, tokens: Iterable[_Token]) -> list[_Sentence]:
         sentences: list[_Sentence] = []
         current: list[Word | _Pause] = []
-        speed = 1.0
+        prosody = (1.0, 0.0, 0.0)  # speed, pitch, volume_db: one value per sentence, so a change cuts it
         has_word = False
 
         def close() -> None:
             nonlocal current, has_word
             if has_word:
-                sentences.append(_Sentence(current, speed))
+                sentences.append(_Sentence(current, prosody[0], 0.0, prosody[1], prosody[2]))
             current, has_word = [], False
 
         for tok in tokens:
             if isinstance(tok, Word):
-                if has_word and tok.speed != speed:
+                word_prosody = (tok.speed, tok.pitch, tok.volume_db)
+                if has_word and word_prosody != prosody:
                     close()
-                speed = tok.speed
+                prosody = word_prosody
                 current.append(tok)
                 has_word = True
             elif isinstance(tok, _Pause):
@@ -413,8 +423,8 @@ def _split_long(tokens: list[Word | _Pause], limit: int) -> list[list[Word | _Pa
         if not cut:
             first = tokens[0]
             assert isinstance(first, Word)
-            head = Word(first.syllables[:limit], first.chars[:limit], first.emotion, first.fixed, first.speed)
-            tail = Word(first.syllables[limit:], first.chars[limit:], first.emotion, first.fixed, first.speed)
+            head = replace(first, syllables=first.syllables[:limit], chars=first.chars[:limit])
+            tail = replace(first, syllables=first.syllables[limit:], chars=first.chars[limit:])
             tokens = [head, tail, *tokens[1:]]
             cut = 1
         out.append(tokens[:cut])

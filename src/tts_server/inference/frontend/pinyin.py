@@ -53,6 +53,8 @@ class Word:
     emotion: str
     fixed: bool = False  # reading given by the client (SSML phoneme) or spelled letters: no sandhi
     speed: float = 1.0
+    pitch: float = 0.0
+    volume_db: float = 0.0
 
 
 # Characters of number readings; jieba splits 二零二四 or 两千零二十四 arbitrarily, so runs of them are regrouped.

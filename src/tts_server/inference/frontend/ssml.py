@@ -1,6 +1,6 @@
-"""SSML subset -> spans of normalised text with emotion and speed, and breaks.
+"""SSML subset -> spans of normalised text with emotion and prosody, and breaks.
 
-Supported: ``<speak>`` (root), ``<break time|strength>``, ``<emotion category>``, ``<prosody rate>``,
+Supported: ``<speak>`` (root), ``<break time|strength>``, ``<emotion category>``, ``<prosody rate pitch volume>``,
 ``<say-as interpret-as="digits|cardinal|telephone|date|time">``, ``<phoneme ph="pin1 yin1">``, ``<sub alias>``,
 ``<p>`` and ``<s>``. Elements and attributes are allow-listed; anything else is rejected with an error naming
 it. Parsing goes through defusedxml: DTDs, entity declarations and external references are refused.
@@ -11,11 +11,12 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import defusedxml
 import defusedxml.ElementTree as SafeET
 
+from tts_server.inference.engine import PITCH_MAX, PITCH_MIN, VOLUME_DB_MAX, VOLUME_DB_MIN
 from tts_server.inference.frontend.errors import FrontendError
 from tts_server.inference.frontend.normalize import Reading, Segment, normalize, say_as
 from tts_server.inference.frontend.symbols import Syllable, SyllableError, parse_pinyin
@@ -31,7 +32,7 @@ _ALLOWED: dict[str, frozenset[str]] = {
     "speak": frozenset({"version", _XML_LANG}),
     "break": frozenset({"time", "strength"}),
     "emotion": frozenset({"category"}),
-    "prosody": frozenset({"rate"}),
+    "prosody": frozenset({"rate", "pitch", "volume"}),
     "say-as": frozenset({"interpret-as", "format"}),
     "phoneme": frozenset({"ph", "alphabet"}),
     "sub": frozenset({"alias"}),
@@ -40,6 +41,9 @@ _ALLOWED: dict[str, frozenset[str]] = {
 }
 _STRENGTHS = {"none": 0.0, "x-weak": 0.1, "weak": 0.2, "medium": 0.4, "strong": 0.7, "x-strong": 1.0}
 _RATES = {"x-slow": 0.5, "slow": 0.75, "medium": 1.0, "default": 1.0, "fast": 1.25, "x-fast": 1.5}
+# Named pitches, in the model's normalised pitch units (see ``inference.engine.PITCH_MIN``).
+_PITCHES = {"x-low": -1.0, "low": -0.5, "medium": 0.0, "default": 0.0, "high": 0.5, "x-high": 1.0}
+_VOLUMES = {"x-soft": -12.0, "soft": -6.0, "medium": 0.0, "default": 0.0, "loud": 6.0, "x-loud": 12.0}
 _SAY_AS = ("digits", "cardinal", "telephone", "date", "time")
 _PHONEME_ALPHABETS = ("py", "pinyin")
 _WS_RE = re.compile(r"\s+")
@@ -47,11 +51,23 @@ _WS_RE = re.compile(r"\s+")
 
 @dataclass(frozen=True, slots=True)
 class Span:
-    """Normalised text read with one emotion and speed."""
+    """Normalised text read with one emotion, speed, pitch shift and volume gain (dB)."""
 
     segments: tuple[Segment, ...]
     emotion: str
     speed: float
+    pitch: float = 0.0
+    volume_db: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Prosody:
+    speed: float = 1.0
+    pitch: float = 0.0
+    volume_db: float = 0.0
+
+    def span(self, segments: tuple[Segment, ...], emotion: str) -> Span:
+        return Span(segments, emotion, self.speed, self.pitch, self.volume_db)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +138,38 @@ def parse_rate(rate: str) -> float:
     return factor
 
 
+def parse_pitch(pitch: str) -> float:
+    """``x-low`` .. ``x-high`` or a signed number in the model's pitch units (``+0.5``): a shift added to the
+    enclosing one. Semitones, Hz and percentages are refused: the model's pitch is normalised per speaker and the
+    statistics that would convert them are not part of the model."""
+    value = pitch.strip()
+    shift = _PITCHES.get(value)
+    if shift is None and re.fullmatch(r"[+-]\d+(?:\.\d+)?", value):
+        shift = float(value)
+    if shift is None or not PITCH_MIN <= shift <= PITCH_MAX:
+        raise _fail(
+            f"<prosody pitch={pitch!r}>: expected {', '.join(_PITCHES)} or a signed shift in model pitch units "
+            f"from {PITCH_MIN:+g} to {PITCH_MAX:+g} (e.g. +0.5; st, Hz and % are not supported)"
+        )
+    return shift
+
+
+def parse_volume(volume: str) -> float:
+    """``x-soft`` .. ``x-loud`` or a signed gain in dB (``+3dB``, ``-6dB``), added to the enclosing one."""
+    value = volume.strip()
+    gain = _VOLUMES.get(value)
+    if gain is None:
+        m = re.fullmatch(r"([+-]\d+(?:\.\d+)?)dB", value)
+        if m is not None:
+            gain = float(m.group(1))
+    if gain is None or not VOLUME_DB_MIN <= gain <= VOLUME_DB_MAX:
+        raise _fail(
+            f"<prosody volume={volume!r}>: expected {', '.join(_VOLUMES)} or a signed gain in dB "
+            f"from {VOLUME_DB_MIN:+g}dB to {VOLUME_DB_MAX:+g}dB (e.g. +3dB)"
+        )
+    return gain
+
+
 def parse_phoneme(ph: str, check: Callable[[Syllable], None]) -> tuple[Syllable, ...]:
     parts = ph.replace(",", " ").split()
     if not parts:
@@ -149,18 +197,18 @@ class _Walker:
         self.check_syllable = check_syllable
         self.root_emotion = emotion
 
-    def text(self, text: str | None, emotion: str, speed: float) -> None:
+    def text(self, text: str | None, emotion: str, prosody: _Prosody) -> None:
         if text:
             collapsed = _WS_RE.sub(" ", text)
             if collapsed.strip():
-                self.items.append(Span(tuple(normalize(collapsed)), emotion, speed))
+                self.items.append(prosody.span(tuple(normalize(collapsed)), emotion))
 
     def only_text(self, el: ET.Element, name: str) -> str:
         if len(el):
             raise _fail(f"<{name}> may contain only text, found <{_tag(el[0])}>")
         return el.text or ""
 
-    def visit(self, el: ET.Element, emotion: str, speed: float, depth: int) -> None:
+    def visit(self, el: ET.Element, emotion: str, prosody: _Prosody, depth: int) -> None:
         name = _tag(el)
         if depth > MAX_DEPTH:
             raise _fail(f"elements nested deeper than {MAX_DEPTH} levels")
@@ -187,7 +235,7 @@ class _Walker:
                 segments = say_as(content, kind)
             except ValueError as exc:
                 raise _fail(f"<say-as interpret-as={kind!r}> cannot read {content.strip()!r}: {exc}") from None
-            self.items.append(Span(tuple(segments), emotion, speed))
+            self.items.append(prosody.span(tuple(segments), emotion))
             return
         if name == "phoneme":
             ph = el.get("ph")
@@ -198,14 +246,14 @@ class _Walker:
                 raise _fail(f"<phoneme alphabet={alphabet!r}>: only pinyin ('py') is supported")
             content = self.only_text(el, name)
             reading = Reading(parse_phoneme(ph, self.check_syllable), content.strip())
-            self.items.append(Span((reading,), emotion, speed))
+            self.items.append(prosody.span((reading,), emotion))
             return
         if name == "sub":
             alias = el.get("alias")
             if alias is None:
                 raise _fail("<sub> needs alias")
             self.only_text(el, name)
-            self.text(alias, emotion, speed)
+            self.text(alias, emotion, prosody)
             return
         if name == "emotion":
             category = el.get("category")
@@ -221,13 +269,19 @@ class _Walker:
                 )
             emotion = category
         elif name == "prosody":
-            rate = el.get("rate")
+            rate, pitch, volume = el.get("rate"), el.get("pitch"), el.get("volume")
+            # Nested values compose (rates multiply, pitch shifts and gains add) and stay in range.
             if rate is not None:
-                speed = min(MAX_RATE, max(MIN_RATE, speed * parse_rate(rate)))
-        self.text(el.text, emotion, speed)
+                prosody = replace(prosody, speed=min(MAX_RATE, max(MIN_RATE, prosody.speed * parse_rate(rate))))
+            if pitch is not None:
+                prosody = replace(prosody, pitch=min(PITCH_MAX, max(PITCH_MIN, prosody.pitch + parse_pitch(pitch))))
+            if volume is not None:
+                gain = min(VOLUME_DB_MAX, max(VOLUME_DB_MIN, prosody.volume_db + parse_volume(volume)))
+                prosody = replace(prosody, volume_db=gain)
+        self.text(el.text, emotion, prosody)
         for child in el:
-            self.visit(child, emotion, speed, depth + 1)
-            self.text(child.tail, emotion, speed)
+            self.visit(child, emotion, prosody, depth + 1)
+            self.text(child.tail, emotion, prosody)
         if name in ("p", "s"):
             self.items.append(SentenceMark())
 
@@ -257,5 +311,5 @@ def parse_ssml(
     if _tag(root) != "speak":
         raise _fail(f"the root element must be <speak>, not <{_tag(root)}>")
     walker = _Walker(emotion, allowed_emotions, check_syllable)
-    walker.visit(root, emotion, 1.0, 0)
+    walker.visit(root, emotion, _Prosody(), 0)
     return walker.items

@@ -497,8 +497,16 @@ class SambertModel(nn.Module):
         speaker: Tensor,
         speed: float = 1.0,
         timings: MutableMapping[str, float] | None = None,
+        pitch_shift: float = 0.0,
     ) -> AcousticOutput:
-        """Run on one sentence. Id tensors are [T] (the trailing end token already dropped)."""
+        """Run on one sentence. Id tensors are [T] (the trailing end token already dropped).
+
+        ``speed`` divides the predicted durations (in frames) before they are rounded, so a sentence at speed 2
+        has about half the frames. ``pitch_shift`` is added to every token's predicted pitch before the pitch
+        embedding; the pitch is in the model's normalised units (KAN-TTS trains on per-speaker mean/std-normalised
+        f0, so 1.0 is one standard deviation of the speaker's training f0). The shifted pitch then also conditions
+        the duration predictor, as the predicted one does. ``AcousticOutput.pitch`` is the pitch that was used.
+        """
         t0 = time.perf_counter()
         va = self.variance_adaptor
         text_hid = self.text_encoder(sy, tone, syllable_flag, word_segment)
@@ -507,6 +515,8 @@ class SambertModel(nn.Module):
 
         pred_in = torch.cat([text_hid, spk_hid, emo_hid], dim=-1)
         pitch = va.pitch_predictor(pred_in)
+        if pitch_shift != 0.0:
+            pitch = pitch + pitch_shift
         energy = va.energy_predictor(pred_in)
         pitch_emb = va.pitch_emb(pitch[None, None, :])[0].t()
         energy_emb = va.energy_emb(energy[None, None, :])[0].t()

@@ -20,7 +20,19 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from tts_server.inference.engine import INPUT_FORMATS, EngineError, EngineLoadError, InputFormat, Synthesis, VoiceInfo
+from tts_server.inference.audio import apply_gain
+from tts_server.inference.engine import (
+    INPUT_FORMATS,
+    PITCH_MAX,
+    PITCH_MIN,
+    VOLUME_DB_MAX,
+    VOLUME_DB_MIN,
+    EngineError,
+    EngineLoadError,
+    InputFormat,
+    Synthesis,
+    VoiceInfo,
+)
 from tts_server.inference.frontend import Frontend
 from tts_server.inference.sambert.acoustic import AcousticOutput, SambertConfig, SambertModel
 from tts_server.inference.sambert.linguistic import EncodedSymbols, LinguisticUnit, Token
@@ -50,6 +62,8 @@ class _Sentence:
     tokens: list[Token]
     speed: float
     pause_after_s: float
+    pitch: float = 0.0
+    volume_db: float = 0.0
 
 
 class SambertVoice:
@@ -119,7 +133,11 @@ class SambertVoice:
             raise EngineLoadError(f"voice {self.name!r}: {path} sampling_rate {rate} != model {self.sample_rate}")
 
     def acoustic(
-        self, encoded: EncodedSymbols, speed: float = 1.0, timings: dict[str, float] | None = None
+        self,
+        encoded: EncodedSymbols,
+        speed: float = 1.0,
+        timings: dict[str, float] | None = None,
+        pitch_shift: float = 0.0,
     ) -> AcousticOutput:
         """Run the acoustic model on one sentence's id streams (the trailing end token is dropped here)."""
 
@@ -135,6 +153,7 @@ class SambertVoice:
             ids(encoded.speaker),
             speed=speed,
             timings=timings,
+            pitch_shift=pitch_shift,
         )
 
     def vocode(self, mel: torch.Tensor) -> npt.NDArray[np.float32]:
@@ -179,12 +198,15 @@ class SambertEngine:
             self._frontend(voice)
 
     def synthesize(
-        self, text: str, voice: str, emotion: str, speed: float, *, input_format: InputFormat = "text"
+        self, text: str, voice: str, emotion: str, speed: float, *, input_format: InputFormat = "text",
+        pitch: float = 0.0, volume_db: float = 0.0,
     ) -> Synthesis:
         parts: list[npt.NDArray[np.float32]] = []
         stages = {"frontend": 0.0, "acoustic": 0.0, "vocoder": 0.0}
         rate = self._voice(voice).sample_rate
-        for piece in self.synthesize_stream(text, voice, emotion, speed, input_format=input_format):
+        for piece in self.synthesize_stream(
+            text, voice, emotion, speed, input_format=input_format, pitch=pitch, volume_db=volume_db
+        ):
             parts.append(piece.audio)
             for key, value in piece.stage_seconds.items():
                 stages[key] = stages.get(key, 0.0) + value
@@ -192,7 +214,8 @@ class SambertEngine:
         return Synthesis(audio=audio.astype(np.float32, copy=False), sample_rate=rate, stage_seconds=stages)
 
     def synthesize_stream(
-        self, text: str, voice: str, emotion: str, speed: float, *, input_format: InputFormat = "text"
+        self, text: str, voice: str, emotion: str, speed: float, *, input_format: InputFormat = "text",
+        pitch: float = 0.0, volume_db: float = 0.0,
     ) -> Iterator[Synthesis]:
         if input_format not in INPUT_FORMATS:
             raise EngineError(
@@ -202,6 +225,8 @@ class SambertEngine:
         emotion = self._emotion(v, emotion)
         if not isinstance(speed, int | float) or not math.isfinite(speed) or speed <= 0:
             raise EngineError(f"speed must be a positive number, got {speed!r}", param="speed")
+        _check_range(pitch, PITCH_MIN, PITCH_MAX, "pitch")
+        _check_range(volume_db, VOLUME_DB_MIN, VOLUME_DB_MAX, "volume")
         torch.set_num_threads(self._threads)
         t0 = time.perf_counter()
         sentences = self._sentences(v, text, emotion, input_format)
@@ -211,10 +236,14 @@ class SambertEngine:
         for sentence, ids in zip(sentences, encoded, strict=True):
             with torch.inference_mode():
                 t1 = time.perf_counter()
-                am = v.acoustic(ids, speed=speed * sentence.speed)
+                # SSML <prosody> values add to the request's; the sum is kept in range (as rates are).
+                shift = min(PITCH_MAX, max(PITCH_MIN, pitch + sentence.pitch))
+                am = v.acoustic(ids, speed=speed * sentence.speed, pitch_shift=shift)
                 t2 = time.perf_counter()
                 wav = v.vocode(am.postnet_outputs)
                 t3 = time.perf_counter()
+            # Each sentence is peak-limited on its own, so a streamed piece never waits for later audio.
+            wav = apply_gain(wav, min(VOLUME_DB_MAX, max(VOLUME_DB_MIN, volume_db + sentence.volume_db)))
             pause = round(max(sentence.pause_after_s, 0.0) * v.sample_rate)
             if pause:
                 wav = np.concatenate([wav, np.zeros(pause, dtype=np.float32)])
@@ -282,7 +311,17 @@ class SambertEngine:
         for utt in utterances:
             if not math.isfinite(utt.speed) or utt.speed <= 0:
                 raise EngineError(f"invalid speaking rate {utt.speed!r}", param="text")
-            sentences.append(_Sentence(voice.unit.parse(utt.symbols), float(utt.speed), float(utt.pause_after_s)))
+            if not math.isfinite(utt.pitch) or not math.isfinite(utt.volume_db):
+                raise EngineError("invalid prosody pitch or volume", param="text")
+            sentences.append(
+                _Sentence(
+                    voice.unit.parse(utt.symbols),
+                    float(utt.speed),
+                    float(utt.pause_after_s),
+                    float(utt.pitch),
+                    float(utt.volume_db),
+                )
+            )
         if not sentences:
             raise EngineError("the text contains nothing to synthesize", param="text")
         return sentences
@@ -295,6 +334,11 @@ class SambertEngine:
                 frontend.set_lexicon(self._lexicon)
             self._frontends[voice.name] = frontend
         return frontend
+
+
+def _check_range(value: float, low: float, high: float, param: str) -> None:
+    if not isinstance(value, int | float) or not math.isfinite(value) or not low <= value <= high:
+        raise EngineError(f"{param} must be a number from {low:g} to {high:g}, got {value!r}", param=param)
 
 
 def _model_sample_rate(model_dir: Path) -> int:
