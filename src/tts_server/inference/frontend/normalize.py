@@ -184,8 +184,9 @@ _PHONE_KEYWORDS = frozenset(
 _DIGIT_KEYWORD_RE = "|".join(re.escape(w) for w in sorted(_DIGIT_KEYWORDS, key=len, reverse=True))
 # ...but not a number followed by a measure word or unit: 手机3999元, 代码1000行, 电话300个 are quantities. 号 and 次
 # may follow an identifier (G1234次, “26314”号).
+# A comma ends the number unless it groups thousands (10,015): after width folding a clause comma (，) looks the same.
 _NOT_AN_ID_RE = (
-    r"(?![0-9.,%％‰A-Za-z]|\s?(?:行|"
+    r"(?![0-9%％‰A-Za-z]|\.[0-9]|,[0-9]{3}(?![0-9])|\s?(?:行|"
     + "|".join(re.escape(w) for w in sorted(set(_MEASURE_WORDS) - {"号", "次"}, key=len, reverse=True))
     + "))"
 )
