@@ -59,6 +59,10 @@ class VoiceInfo:
     default_emotion: str
     sample_rate: int
     preview_text: str = "欢迎使用语音合成服务。"
+    #: ``built-in`` (from the model directory) or ``personal`` (a fine-tuned voice added in the settings).
+    kind: str = "built-in"
+    #: The audio depends on random draws (NSF excitation): reproducible only with a request ``seed``.
+    stochastic: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,17 +84,18 @@ class Engine(Protocol):
 
     def synthesize(
         self, text: str, voice: str, emotion: str, speed: float, *, input_format: InputFormat = "text",
-        pitch: float = 0.0, volume_db: float = 0.0,
+        pitch: float = 0.0, volume_db: float = 0.0, seed: int | None = None,
     ) -> Synthesis:
         """Synthesise the whole text, read as ``input_format``. Raises ``EngineError`` for bad input (an
         ``input_format`` the engine does not support included, with ``param="input_format"``). ``pitch`` and
         ``volume_db`` (see ``PITCH_MIN`` and ``VOLUME_DB_MIN``) apply on top of any SSML ``<prosody>``; their
-        defaults change nothing."""
+        defaults change nothing. ``seed`` fixes the random draws of a stochastic voice (``VoiceInfo.stochastic``);
+        deterministic voices ignore it."""
         ...
 
     def synthesize_stream(
         self, text: str, voice: str, emotion: str, speed: float, *, input_format: InputFormat = "text",
-        pitch: float = 0.0, volume_db: float = 0.0,
+        pitch: float = 0.0, volume_db: float = 0.0, seed: int | None = None,
     ) -> Iterator[Synthesis]:
         """Synthesise sentence by sentence, yielding each sentence's audio as soon as it is ready."""
         ...

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -183,9 +184,9 @@ def _add_stages(total: dict[str, float], syn: Synthesis) -> None:
         total[stage] = total.get(stage, 0.0) + seconds
 
 
-def _prosody(job: Job) -> dict[str, float]:
+def _prosody(job: Job) -> dict[str, Any]:
     # Only non-default values are passed, so an engine written before these keywords keeps working unchanged.
-    out = {}
+    out: dict[str, Any] = {}
     if job.pitch != 0.0:
         out["pitch"] = job.pitch
     if job.volume_db != 0.0:

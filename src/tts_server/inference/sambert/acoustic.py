@@ -22,8 +22,10 @@ from torch import Tensor, nn
 
 from tts_server.inference.engine import EngineLoadError
 
-#: Options of the KAN-TTS model family that these voices do not use and this implementation does not support.
-_UNSUPPORTED_FLAGS = ("SE", "FP", "MAS", "NSF", "using_byte")
+#: Options of the KAN-TTS model family that this implementation does not support (filled pauses, byte input).
+_UNSUPPORTED_FLAGS = ("FP", "using_byte")
+#: Parameters with defaults (the model-family switches); every other field is required in the config.
+_OPTIONAL = frozenset({"vocab", "se", "nsf", "mas"})
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,12 @@ class SambertConfig:
     postnet_ffn_inner_dim: int
     postnet_shift: int
     postnet_lstm_units: int
+    #: Speaker embedding input (personal voices): the speaker input is a float vector per token, not an id.
+    se: bool = False
+    #: The last two mel channels are a normalised f0 and a voicing flag (for an NSF vocoder).
+    nsf: bool = False
+    #: Trained with monotonic alignment search; the alignment module is training-only.
+    mas: bool = False
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], vocab: Mapping[str, int], source: str) -> SambertConfig:
@@ -66,8 +74,13 @@ class SambertConfig:
             if params.get(flag, False):
                 raise EngineLoadError(f"{source}: Model.KanTtsSAMBERT.params.{flag} is enabled; not supported")
         values: dict[str, Any] = {"vocab": dict(vocab)}
+        for flag in ("SE", "NSF", "MAS"):
+            raw_flag = params.get(flag, False)
+            if not isinstance(raw_flag, bool):
+                raise EngineLoadError(f"{source}: Model.KanTtsSAMBERT.params.{flag} must be true or false")
+            values[flag.lower()] = raw_flag
         for name, field_type in cls.__annotations__.items():
-            if name == "vocab":
+            if name in _OPTIONAL:
                 continue
             if name not in params:
                 raise EngineLoadError(f"{source}: missing key 'Model.KanTtsSAMBERT.params.{name}'")
@@ -84,6 +97,8 @@ class SambertConfig:
                     f"{source}: Model.KanTtsSAMBERT.params.{name} = {raw!r} is invalid: {exc}"
                 ) from exc
         cfg = cls(**values)
+        if cfg.nsf and cfg.num_mels <= 2:
+            raise EngineLoadError(f"{source}: an NSF model needs num_mels > 2 (mel + f0 + voicing)")
         for units, heads, what in (
             (cfg.encoder_num_units, cfg.encoder_num_heads, "encoder"),
             (cfg.decoder_num_units, cfg.decoder_num_heads, "decoder"),
@@ -480,7 +495,8 @@ class SambertModel(nn.Module):
         self.num_mels = cfg.num_mels
         d_mem = cfg.encoder_projection_units * cfg.outputs_per_step + cfg.emotion_units + cfg.speaker_units
         self.text_encoder = TextEncoder(cfg)
-        self.spk_tokenizer = nn.Embedding(cfg.vocab["speaker"], cfg.speaker_units)
+        # An SE model takes the speaker embedding as it is: it has no speaker table.
+        self.spk_tokenizer = None if cfg.se else nn.Embedding(cfg.vocab["speaker"], cfg.speaker_units)
         self.emo_tokenizer = nn.Embedding(cfg.vocab["emotion"], cfg.emotion_units)
         self.variance_adaptor = VarianceAdaptor(cfg)
         self.mel_decoder = MelDecoder(cfg, d_mem)
@@ -499,7 +515,8 @@ class SambertModel(nn.Module):
         timings: MutableMapping[str, float] | None = None,
         pitch_shift: float = 0.0,
     ) -> AcousticOutput:
-        """Run on one sentence. Id tensors are [T] (the trailing end token already dropped).
+        """Run on one sentence. Id tensors are [T] (the trailing end token already dropped); for an SE model
+        ``speaker`` is the speaker embedding repeated per token, [T, speaker_units] float.
 
         ``speed`` divides the predicted durations (in frames) before they are rounded, so a sentence at speed 2
         has about half the frames. ``pitch_shift`` is added to every token's predicted pitch before the pitch
@@ -511,7 +528,7 @@ class SambertModel(nn.Module):
         va = self.variance_adaptor
         text_hid = self.text_encoder(sy, tone, syllable_flag, word_segment)
         emo_hid = self.emo_tokenizer(emotion)
-        spk_hid = self.spk_tokenizer(speaker)
+        spk_hid = speaker if self.spk_tokenizer is None else self.spk_tokenizer(speaker)
 
         pred_in = torch.cat([text_hid, spk_hid, emo_hid], dim=-1)
         pitch = va.pitch_predictor(pred_in)

@@ -46,6 +46,13 @@ from tts_server.inference.sambert.loader import (
     resolve_model_dir,
     voice_files,
 )
+from tts_server.inference.sambert.nsf import (
+    F0Norm,
+    NsfDraws,
+    NsfHifiGanGenerator,
+    binarize_voicing,
+    build_nsf_generator,
+)
 from tts_server.inference.sambert.vocoder import HifiGanConfig, HifiGanGenerator, build_generator
 
 if TYPE_CHECKING:
@@ -85,6 +92,17 @@ class SambertVoice:
             # is never produced for inference input, so the tables are used as they are.
             sizes = {k: v - 1 for k, v in sizes.items()}
         self.am_config = SambertConfig.from_params(params, sizes, str(files.am_config))
+        if self.am_config.mas:
+            # The alignment module only produces training targets; inference never runs it.
+            am_state = {k: v for k, v in am_state.items() if not k.startswith("align_attention.")}
+        self.se: torch.Tensor | None = None
+        if self.am_config.se:
+            if "spk_tokenizer.weight" in am_state:
+                raise EngineLoadError(
+                    f"checkpoint {files.am_checkpoint}: has a speaker table (spk_tokenizer.weight) but "
+                    f"{files.am_config} enables SE (speaker embedding input); the two do not belong together"
+                )
+            self.se = _load_speaker_embedding(files.se, self.am_config.speaker_units)
         self.am = SambertModel(self.am_config)
         load_strict(self.am, am_state, files.am_checkpoint)
         self.am.eval()
@@ -95,14 +113,28 @@ class SambertVoice:
         voc_config = read_yaml(files.voc_config)
         voc_params = config_section(voc_config, files.voc_config, "Model", "Generator", "params")
         self.voc_config = HifiGanConfig.from_params(voc_params, str(files.voc_config))
-        if self.voc_config.in_channels != self.am_config.num_mels:
+        self.nsf = self.voc_config.nsf_harmonics is not None
+        if self.nsf != self.am_config.nsf:
             raise EngineLoadError(
-                f"voice {self.name!r}: vocoder in_channels {self.voc_config.in_channels} != acoustic model "
-                f"num_mels {self.am_config.num_mels} ({files.voc_config})"
+                f"voice {self.name!r}: the acoustic model {'predicts' if self.am_config.nsf else 'does not predict'}"
+                f" f0 (NSF: {self.am_config.nsf} in {files.am_config}) but the vocoder "
+                f"{'has' if self.nsf else 'has no'} nsf_params ({files.voc_config})"
             )
-        self.vocoder: HifiGanGenerator = build_generator(
-            self.voc_config, load_state_dict(files.voc_checkpoint, "model", "generator"), files.voc_checkpoint
-        )
+        # An NSF acoustic model emits f0 and voicing after the mel; the vocoder's in_channels counts the mel only.
+        expected = self.am_config.num_mels - (2 if self.nsf else 0)
+        if self.voc_config.in_channels != expected:
+            raise EngineLoadError(
+                f"voice {self.name!r}: vocoder in_channels {self.voc_config.in_channels} != {expected}, the acoustic "
+                f"model's mel channels (num_mels {self.am_config.num_mels}{' minus f0 and voicing' if self.nsf else ''}"
+                f") ({files.voc_config})"
+            )
+        voc_state = load_state_dict(files.voc_checkpoint, "model", "generator")
+        self.f0_norm: F0Norm | None = None
+        if self.nsf:
+            self.f0_norm = F0Norm.from_params(params, str(files.am_config), files.mvn)
+            self.vocoder: HifiGanGenerator = build_nsf_generator(self.voc_config, voc_state, files.voc_checkpoint)
+        else:
+            self.vocoder = build_generator(self.voc_config, voc_state, files.voc_checkpoint)
         self.sample_rate = sample_rate
         self.hop_length = self.voc_config.hop_length
         self._check_audio_config()
@@ -113,6 +145,8 @@ class SambertVoice:
             emotions=emotions,
             default_emotion="neutral" if "neutral" in emotions else emotions[0],
             sample_rate=sample_rate,
+            kind=files.kind,
+            stochastic=self.nsf,
         )
         self.default_speaker = self.unit.speakers[0]
 
@@ -144,23 +178,55 @@ class SambertVoice:
         def ids(a: npt.NDArray[np.int64]) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(a[:-1]))
 
+        speaker = ids(encoded.speaker)
+        if self.se is not None:
+            # The reference repeats the embedding once per token (the end token's row dropped with it).
+            speaker = self.se.expand(speaker.shape[0], -1)
         return self.am.infer(
             ids(encoded.sy),
             ids(encoded.tone),
             ids(encoded.syllable_flag),
             ids(encoded.word_segment),
             ids(encoded.emotion),
-            ids(encoded.speaker),
+            speaker,
             speed=speed,
             timings=timings,
             pitch_shift=pitch_shift,
         )
 
-    def vocode(self, mel: torch.Tensor) -> npt.NDArray[np.float32]:
+    def vocoder_input(self, mel: torch.Tensor) -> torch.Tensor:
+        """The acoustic model's output as the vocoder takes it: for NSF voices f0 back in Hz and voicing 0/1."""
+        if self.f0_norm is None:
+            return mel
+        return binarize_voicing(self.f0_norm.denorm(mel))
+
+    def vocode(
+        self, mel: torch.Tensor, generator: torch.Generator | None = None, draws: NsfDraws | None = None
+    ) -> npt.NDArray[np.float32]:
+        """Acoustic model output -> waveform. NSF voices draw their excitation's phase and noise from
+        ``generator`` (fresh randomness when None) unless ``draws`` gives them."""
         if mel.shape[0] == 0:
             return np.zeros(0, dtype=np.float32)
-        wav: npt.NDArray[np.float32] = self.vocoder(mel).numpy().astype(np.float32, copy=False)
+        if isinstance(self.vocoder, NsfHifiGanGenerator):
+            out = self.vocoder(self.vocoder_input(mel), draws=draws, generator=generator)
+        else:
+            out = self.vocoder(mel)
+        wav: npt.NDArray[np.float32] = out.numpy().astype(np.float32, copy=False)
         return wav
+
+
+def _load_speaker_embedding(path: Path | None, units: int) -> torch.Tensor:
+    """``se.npy``: the voice's speaker embedding, float (1, units) (or (units,)) -> [1, units] float32."""
+    expected = f"a float32 array of shape (1, {units})"
+    if path is None or not path.is_file():
+        raise EngineLoadError(f"the acoustic model takes a speaker embedding but {path} does not exist ({expected})")
+    try:
+        se = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise EngineLoadError(f"cannot read the speaker embedding {path}: {exc} (expected {expected})") from exc
+    if se.dtype.kind != "f" or se.shape not in ((1, units), (units,)) or not np.all(np.isfinite(se)):
+        raise EngineLoadError(f"speaker embedding {path}: expected {expected}, got {se.dtype} {se.shape}")
+    return torch.from_numpy(np.ascontiguousarray(se.reshape(1, units), dtype=np.float32))
 
 
 class SambertEngine:
@@ -199,13 +265,13 @@ class SambertEngine:
 
     def synthesize(
         self, text: str, voice: str, emotion: str, speed: float, *, input_format: InputFormat = "text",
-        pitch: float = 0.0, volume_db: float = 0.0,
+        pitch: float = 0.0, volume_db: float = 0.0, seed: int | None = None,
     ) -> Synthesis:
         parts: list[npt.NDArray[np.float32]] = []
         stages = {"frontend": 0.0, "acoustic": 0.0, "vocoder": 0.0}
         rate = self._voice(voice).sample_rate
         for piece in self.synthesize_stream(
-            text, voice, emotion, speed, input_format=input_format, pitch=pitch, volume_db=volume_db
+            text, voice, emotion, speed, input_format=input_format, pitch=pitch, volume_db=volume_db, seed=seed
         ):
             parts.append(piece.audio)
             for key, value in piece.stage_seconds.items():
@@ -215,8 +281,10 @@ class SambertEngine:
 
     def synthesize_stream(
         self, text: str, voice: str, emotion: str, speed: float, *, input_format: InputFormat = "text",
-        pitch: float = 0.0, volume_db: float = 0.0,
+        pitch: float = 0.0, volume_db: float = 0.0, seed: int | None = None,
     ) -> Iterator[Synthesis]:
+        """``seed`` makes a stochastic (NSF) voice's random excitation reproducible; without one it is drawn
+        fresh. Deterministic voices ignore it."""
         if input_format not in INPUT_FORMATS:
             raise EngineError(
                 f"input_format must be one of {', '.join(INPUT_FORMATS)}, got {input_format!r}", param="input_format"
@@ -227,6 +295,16 @@ class SambertEngine:
             raise EngineError(f"speed must be a positive number, got {speed!r}", param="speed")
         _check_range(pitch, PITCH_MIN, PITCH_MAX, "pitch")
         _check_range(volume_db, VOLUME_DB_MIN, VOLUME_DB_MAX, "volume")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+            raise EngineError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}", param="seed")
+        generator: torch.Generator | None = None
+        if v.info.stochastic:
+            # One generator per request: its sentences draw in order, so a seed fixes the whole audio.
+            generator = torch.Generator()
+            if seed is None:
+                generator.seed()
+            else:
+                generator.manual_seed(seed)
         torch.set_num_threads(self._threads)
         t0 = time.perf_counter()
         sentences = self._sentences(v, text, emotion, input_format)
@@ -240,7 +318,7 @@ class SambertEngine:
                 shift = min(PITCH_MAX, max(PITCH_MIN, pitch + sentence.pitch))
                 am = v.acoustic(ids, speed=speed * sentence.speed, pitch_shift=shift)
                 t2 = time.perf_counter()
-                wav = v.vocode(am.postnet_outputs)
+                wav = v.vocode(am.postnet_outputs, generator=generator)
                 t3 = time.perf_counter()
             # Each sentence is peak-limited on its own, so a streamed piece never waits for later audio.
             wav = apply_gain(wav, min(VOLUME_DB_MAX, max(VOLUME_DB_MIN, volume_db + sentence.volume_db)))

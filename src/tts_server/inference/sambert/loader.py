@@ -39,6 +39,12 @@ class VoiceFiles:
     voc_config: Path
     voc_checkpoint: Path
     dict_dir: Path
+    #: Speaker embedding (SE acoustic models) and f0 mean/std (NSF ``mean_std``); read only when the configs
+    #: need them.
+    se: Path | None = None
+    mvn: Path | None = None
+    #: ``built-in`` (listed in the model directory) or ``personal`` (added by ``[[voices.extra]]``).
+    kind: str = "built-in"
 
 
 def resolve_model_dir(model_dir: Path | None, model_id: str, download_dir: Path) -> Path:
@@ -116,6 +122,8 @@ def voice_files(model_dir: Path, name: str, language: str | None = None) -> Voic
         voc_config=voc_config,
         voc_checkpoint=latest_checkpoint(root / "voc" / "ckpt"),
         dict_dir=root / "dict",
+        se=root / "am" / "se.npy",
+        mvn=root / "am" / "mvn.npy",
     )
 
 

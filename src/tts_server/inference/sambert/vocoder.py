@@ -36,6 +36,9 @@ class HifiGanConfig:
     causal: bool
     negative_slope: float
     use_weight_norm: bool
+    #: NSF vocoders only (``nsf_params``): harmonics above f0 and the rate the excitation is computed at.
+    nsf_harmonics: int | None = None
+    nsf_sampling_rate: int | None = None
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], source: str) -> HifiGanConfig:
@@ -58,8 +61,17 @@ class HifiGanConfig:
                 raise EngineLoadError(f"{source}: Model.Generator.params.{name} must be a positive int, got {raw!r}")
             return int(raw)
 
-        if params.get("nsf_params"):
-            raise EngineLoadError(f"{source}: Model.Generator.params.nsf_params (NSF vocoder) is not supported")
+        nsf = params.get("nsf_params")
+        nsf_harmonics: int | None = None
+        nsf_rate: int | None = None
+        if nsf is not None:
+            if not isinstance(nsf, Mapping):
+                raise EngineLoadError(f"{source}: Model.Generator.params.nsf_params must be a mapping")
+            nsf_harmonics, nsf_rate = nsf.get("nb_harmonics"), nsf.get("sampling_rate")
+            if not (isinstance(nsf_harmonics, int) and not isinstance(nsf_harmonics, bool) and nsf_harmonics >= 0):
+                raise EngineLoadError(f"{source}: nsf_params.nb_harmonics must be an int >= 0, got {nsf_harmonics!r}")
+            if not _is_pos_int(nsf_rate):
+                raise EngineLoadError(f"{source}: nsf_params.sampling_rate must be a positive int, got {nsf_rate!r}")
         activation = get("nonlinear_activation", "LeakyReLU")
         if activation != "LeakyReLU":
             raise EngineLoadError(f"{source}: nonlinear_activation {activation!r} is not supported (LeakyReLU only)")
@@ -86,6 +98,8 @@ class HifiGanConfig:
             causal=bool(get("causal", True)),
             negative_slope=float(slope),
             use_weight_norm=bool(get("use_weight_norm", True)),
+            nsf_harmonics=nsf_harmonics,
+            nsf_sampling_rate=nsf_rate,
         )
         if cfg.out_channels != 1:
             raise EngineLoadError(f"{source}: out_channels {cfg.out_channels} (multi-band PQMF) is not supported")
