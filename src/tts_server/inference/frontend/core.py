@@ -23,17 +23,18 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from tts_server.inference.frontend.errors import FrontendError
-from tts_server.inference.frontend.normalize import NUMBER_CLOSE, NUMBER_OPEN, WORD_SEP, Reading, normalize
+from tts_server.inference.frontend.normalize import NUMBER_CLOSE, NUMBER_OPEN, WORD_SEP, Reading, normalize_traced
 from tts_server.inference.frontend.pinyin import CJK_RE, Segmenter, Word, apply_sandhi, word_reading
 from tts_server.inference.frontend.ssml import (
     MAX_BREAK_S,
     BreakMark,
     Item,
+    NamedMark,
     SentenceMark,
     Span,
     parse_ssml,
@@ -49,6 +50,8 @@ from tts_server.inference.frontend.symbols import (
     word_tokens,
     words_of,
 )
+from tts_server.inference.frontend.trace import Src, Traced, union
+from tts_server.inference.timestamps import Unit
 
 logger = logging.getLogger(__name__)
 
@@ -73,13 +76,17 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 @dataclass(frozen=True)
 class Utterance:
     """One sentence: its symbol string (ends with a #4 break), speed factor, silence to append after it, pitch
-    shift (model pitch units) and volume gain (dB) from SSML ``<prosody>``."""
+    shift (model pitch units) and volume gain (dB) from SSML ``<prosody>``. ``units`` cover the symbol tokens in
+    order (their ``tokens`` add up to the number of tokens); ``marks_end`` are ``<mark>`` names after the pause."""
 
     symbols: str
     speed: float = 1.0
     pause_after_s: float = 0.0
     pitch: float = 0.0
     volume_db: float = 0.0
+    # Where the speech came from, not what is said: two utterances that say the same are equal.
+    units: tuple[Unit, ...] = field(default=(), compare=False)
+    marks_end: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(slots=True)
@@ -94,13 +101,29 @@ class _Sentence:
     pause_after_s: float = 0.0
     pitch: float = 0.0
     volume_db: float = 0.0
+    marks_end: tuple[str, ...] = ()
 
 
-_Token = Word | _Pause | BreakMark | SentenceMark
+_Token = Word | _Pause | BreakMark | SentenceMark | NamedMark
 
 
-def _word(span: Span, syllables: list[Syllable], chars: list[str], fixed: bool) -> Word:
-    return Word(syllables, chars, span.emotion, fixed, span.speed, span.pitch, span.volume_db)
+def _word(span: Span, syllables: list[Syllable], chars: list[str], fixed: bool, sources: list[Src]) -> Word:
+    return Word(syllables, chars, span.emotion, fixed, span.speed, span.pitch, span.volume_db, sources)
+
+
+def _char_sources(word: str, chars: Iterable[str], sources: tuple[Src, ...], offset: int) -> list[Src]:
+    """Source span of each syllable of ``word`` (at ``offset`` in a segment with per-character ``sources``);
+    ``chars`` are the characters each syllable reads, in order (an erhua syllable reads two)."""
+    out: list[Src] = []
+    pos = 0
+    for c in chars:
+        i = word.find(c, pos)
+        span = union(sources[offset + i : offset + i + len(c)]) if i >= 0 else None
+        if span is None:
+            return []
+        out.append(span)
+        pos = i + len(c)
+    return out
 
 
 def _bare_emotion(name: str) -> str:
@@ -180,10 +203,15 @@ class Frontend:
                 f"emotion {emotion!r} is not supported; expected one of {', '.join(sorted(allowed))}",
                 param="emotion",
             )
-        utterances = [
-            Utterance(self._emit(chunk, speaker), sentence.speed, pause, sentence.pitch, sentence.volume_db)
-            for chunk, sentence, pause in self._chunks(text, emotion, allowed, ssml)
-        ]
+        utterances = []
+        for chunk, sentence, pause, last in self._chunks(text, emotion, allowed, ssml):
+            symbols, units = self._emit(chunk, speaker)
+            utterances.append(
+                Utterance(
+                    symbols, sentence.speed, pause, sentence.pitch, sentence.volume_db, units,
+                    sentence.marks_end if last else (),
+                )
+            )
         if not utterances:
             raise FrontendError(
                 "the text has nothing to read aloud after normalisation (no Chinese characters, digits or letters)"
@@ -196,7 +224,7 @@ class Frontend:
         For tests and debugging; raises like ``process``.
         """
         out = []
-        for chunk, _sentence, _pause in self._chunks(text, emotion, (), ssml):
+        for chunk, _sentence, _pause, _last in self._chunks(text, emotion, (), ssml):
             parts: list[str] = []
             for level, word in _words_with_breaks(chunk):
                 if level:
@@ -215,7 +243,7 @@ class Frontend:
             for item in items if isinstance(item, Span) for seg in item.segments
         ).translate({ord(NUMBER_OPEN): None, ord(NUMBER_CLOSE): None, ord(WORD_SEP): None})
         sentences = []
-        for chunk, _sentence, _pause in self._chunks(text, "neutral", (), ssml, items):
+        for chunk, _sentence, _pause, _last in self._chunks(text, "neutral", (), ssml, items):
             words: list[dict[str, Any]] = []
             parts: list[str] = []
             for level, word in _words_with_breaks(chunk):
@@ -231,11 +259,12 @@ class Frontend:
     def _items(self, text: str, emotion: str, allowed: Collection[str], ssml: bool) -> list[Item]:
         if ssml:
             return parse_ssml(text, emotion=emotion, allowed_emotions=allowed, check_syllable=self._check)
-        return [Span(tuple(normalize(text)), emotion, 1.0)]
+        segments = normalize_traced(Traced.of(text))
+        return [Span(tuple(seg for seg, _ in segments), emotion, 1.0, sources=tuple(src for _, src in segments))]
 
     def _chunks(
         self, text: str, emotion: str, allowed: Collection[str], ssml: bool, items: list[Item] | None = None
-    ) -> Iterator[tuple[list[Word | _Pause], _Sentence, float]]:
+    ) -> Iterator[tuple[list[Word | _Pause], _Sentence, float, bool]]:
         if items is None:
             items = self._items(text, emotion, allowed, ssml)
         for sentence in self._sentences(self._tokens(items)):
@@ -243,7 +272,8 @@ class Frontend:
             self._sandhi(sentence.tokens)
             chunks = _split_long(sentence.tokens, self._max_chars)
             for i, chunk in enumerate(chunks):
-                yield chunk, sentence, sentence.pause_after_s if i == len(chunks) - 1 else 0.0
+                last = i == len(chunks) - 1
+                yield chunk, sentence, sentence.pause_after_s if last else 0.0, last
 
     # -- stages ------------------------------------------------------------------------------------------------
 
@@ -263,31 +293,37 @@ class Frontend:
             if not isinstance(item, Span):
                 yield item
                 continue
-            for seg in item.segments:
+            for index, seg in enumerate(item.segments):
+                src = item.sources[index] if index < len(item.sources) else ()
                 if isinstance(seg, Reading):
                     if seg.syllables:
-                        yield _word(item, list(seg.syllables), [""] * len(seg.syllables), True)
+                        n = len(seg.syllables)
+                        yield _word(item, list(seg.syllables), [""] * n, True, list(src) if len(src) == n else [])
                     continue
                 last = len(seg)
                 for m in _TOKEN_RE.finditer(seg):
                     fixed_words, run, space, other = m.group(1), m.group(2), m.group(3), m.group(4)
                     if fixed_words is not None:
                         # Readings the normaliser produced, already cut into words.
+                        pos = m.start(1)
                         for piece in fixed_words.split(WORD_SEP):
+                            offset, pos = pos, pos + len(piece) + 1
                             if piece in _PUNCT_LEVELS:
                                 yield _Pause(_PUNCT_LEVELS[piece])
                                 continue
                             syllables, chars = word_reading(piece)
                             if syllables:
-                                yield _word(item, list(syllables), list(chars), False)
+                                sources = _char_sources(piece, chars, src, offset)
+                                yield _word(item, list(syllables), list(chars), False, sources)
                     elif run:
                         start = 0
                         for w, user in self._words(run):
                             # The polyphone model reads a word in the context of its whole run.
                             syllables, chars = (user, tuple(w)) if user else word_reading(w, run, start)
+                            sources = _char_sources(w, chars, src, m.start(2) + start)
                             start += len(w)
                             if syllables:
-                                yield _word(item, list(syllables), list(chars), bool(user))
+                                yield _word(item, list(syllables), list(chars), bool(user), sources)
                     elif space:
                         # Spaces between Chinese words are a short pause; next to Latin words (segment edges)
                         # they only separate words.
@@ -325,6 +361,9 @@ class Frontend:
         current: list[Word | _Pause] = []
         prosody = (1.0, 0.0, 0.0)  # speed, pitch, volume_db: one value per sentence, so a change cuts it
         has_word = False
+        # <mark>s not yet placed: they go before the next word, or after the previous one when a pause or the
+        # end of the sentence comes first (so a mark before a comma is at the end of the word, not after the pause).
+        marks: list[str] = []
 
         def close() -> None:
             nonlocal current, has_word
@@ -333,6 +372,17 @@ class Frontend:
             current, has_word = [], False
 
         for tok in tokens:
+            if isinstance(tok, NamedMark):
+                marks.append(tok.name)
+                continue
+            if isinstance(tok, Word):
+                if marks:
+                    tok.marks_before = (*tok.marks_before, *marks)
+                    marks = []
+            elif marks and has_word:
+                previous = next(t for t in reversed(current) if isinstance(t, Word))
+                previous.marks_after = (*previous.marks_after, *marks)
+                marks = []
             if isinstance(tok, Word):
                 word_prosody = (tok.speed, tok.pitch, tok.volume_db)
                 if has_word and word_prosody != prosody:
@@ -353,7 +403,14 @@ class Frontend:
                     last.pause_after_s = min(MAX_BREAK_S, last.pause_after_s + tok.seconds)
             else:
                 close()
+        if marks and has_word:
+            previous = next(t for t in reversed(current) if isinstance(t, Word))
+            previous.marks_after = (*previous.marks_after, *marks)
+            marks = []
         close()
+        if marks and sentences:
+            # Marks after everything (after a final <break>) are at the very end of the audio.
+            sentences[-1].marks_end = (*sentences[-1].marks_end, *marks)
         return sentences
 
     def _sandhi(self, tokens: list[Word | _Pause]) -> None:
@@ -366,9 +423,10 @@ class Frontend:
                 phrase = []
         apply_sandhi(phrase)
 
-    def _emit(self, tokens: list[Word | _Pause], speaker: str) -> str:
+    def _emit(self, tokens: list[Word | _Pause], speaker: str) -> tuple[str, tuple[Unit, ...]]:
         parts: list[str] = []
-        for level, word in _words_with_breaks(tokens):
+        units: list[Unit] = []
+        for index, (level, word) in enumerate(_words_with_breaks(tokens)):
             phones = []
             for syl in word.syllables:
                 try:
@@ -378,9 +436,18 @@ class Frontend:
                     raise FrontendError(f"cannot pronounce {source!r} with this voice: {exc}") from None
             if level:
                 parts.append(break_token(level, speaker))
+                units.append(Unit("break", f"#{level}", 1))
+            units.extend(Unit("mark", name, 0) for name in word.marks_before)
             parts.extend(word_tokens(phones, "emotion_" + word.emotion, speaker))
+            sources = word.sources if len(word.sources) == len(word.syllables) else [None] * len(word.syllables)
+            units.extend(
+                Unit("syllable", str(syl), len(p), source, index)
+                for syl, (p, _tone), source in zip(word.syllables, phones, sources, strict=True)
+            )
+            units.extend(Unit("mark", name, 0) for name in word.marks_after)
         parts.append(break_token(4, speaker))
-        return " ".join(parts)
+        units.append(Unit("break", "#4", 1))
+        return " ".join(parts), tuple(units)
 
 
 def _words_with_breaks(tokens: list[Word | _Pause]) -> Iterator[tuple[int, Word]]:
@@ -423,8 +490,10 @@ def _split_long(tokens: list[Word | _Pause], limit: int) -> list[list[Word | _Pa
         if not cut:
             first = tokens[0]
             assert isinstance(first, Word)
-            head = replace(first, syllables=first.syllables[:limit], chars=first.chars[:limit])
-            tail = replace(first, syllables=first.syllables[limit:], chars=first.chars[limit:])
+            head = replace(first, syllables=first.syllables[:limit], chars=first.chars[:limit],
+                           sources=first.sources[:limit], marks_after=())  # fmt: skip
+            tail = replace(first, syllables=first.syllables[limit:], chars=first.chars[limit:],
+                           sources=first.sources[limit:], marks_before=())  # fmt: skip
             tokens = [head, tail, *tokens[1:]]
             cut = 1
         out.append(tokens[:cut])

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from tts_server.inference.frontend.symbols import Syllable, parse_pinyin
 from tts_server.inference.frontend.tables import LETTER_READINGS, TRAD_TO_SIMP
+from tts_server.inference.frontend.trace import Src, Traced
 
 DIGIT_CHARS = "零一二三四五六七八九"
 _PHONE_DIGIT_CHARS = "零幺二三四五六七八九"
@@ -38,6 +39,14 @@ class Reading:
 
 
 Segment = str | Reading
+#: A segment and where it came from in the original text: one span per character of a ``str`` segment, one per
+#: syllable of a ``Reading``.
+TracedSegment = tuple[Segment, tuple[Src, ...]]
+
+
+def covering(segments: list[Segment], span: Src) -> list[TracedSegment]:
+    """Segments that as a whole stand for ``span`` (an SSML ``<say-as>`` element's content)."""
+    return [(seg, (span,) * (len(seg) if isinstance(seg, str) else len(seg.syllables))) for seg in segments]
 
 
 # -- numbers -------------------------------------------------------------------------------------------------
@@ -567,22 +576,37 @@ def spell_latin(word: str) -> Reading:
 
 def normalize(text: str) -> list[Segment]:
     """Plain text -> segments with every digit, symbol and Latin letter replaced by a reading."""
-    text = prepare(text)
+    return [seg for seg, _ in normalize_traced(Traced.of(text))]
+
+
+def normalize_traced(text: Traced) -> list[TracedSegment]:
+    """``normalize``, keeping for every character (and spelled syllable) the original text it stands for."""
+    prepared = prepare(text.text)
+    # prepare() maps each character to at most one (TRAD_TO_SIMP is one-to-one): same length, same positions.
+    text = Traced(prepared, text.spans) if len(prepared) == len(text) else text.map_chars(prepare)
     for pattern, repl in _RULES:
-        text = pattern.sub(repl, text)
-    return split_latin(text)
+        text = text.sub(pattern, repl)
+    return split_latin_traced(text)
 
 
 def split_latin(text: str) -> list[Segment]:
-    out: list[Segment] = []
+    return [seg for seg, _ in split_latin_traced(Traced.of(text))]
+
+
+def split_latin_traced(text: Traced) -> list[TracedSegment]:
+    out: list[TracedSegment] = []
     pos = 0
-    for m in _LATIN_RE.finditer(text):
+    for m in _LATIN_RE.finditer(text.text):
         if m.start() > pos:
-            out.append(text[pos : m.start()])
-        out.append(spell_latin(m.group(0)))
+            out.append((text.text[pos : m.start()], text.spans[pos : m.start()]))
+        reading = spell_latin(m.group(0))
+        spans: list[Src] = []
+        for i, ch in enumerate(m.group(0).upper()):
+            spans.extend([text.spans[m.start() + i]] * len(LETTER_READINGS[ch]))
+        out.append((reading, tuple(spans)))
         pos = m.end()
     if pos < len(text):
-        out.append(text[pos:])
+        out.append((text.text[pos:], text.spans[pos:]))
     return out
 
 

@@ -9,7 +9,7 @@ import sys
 import threading
 import unicodedata
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -55,6 +55,11 @@ class Word:
     speed: float = 1.0
     pitch: float = 0.0
     volume_db: float = 0.0
+    #: Where each syllable came from in the original text (``sources[i]`` for ``syllables[i]``); empty if unknown.
+    sources: list[tuple[int, int]] = field(default_factory=list)
+    #: SSML ``<mark>`` names just before and just after the word.
+    marks_before: tuple[str, ...] = ()
+    marks_after: tuple[str, ...] = ()
 
 
 # Characters of number readings; jieba splits 二零二四 or 两千零二十四 arbitrarily, so runs of them are regrouped.

@@ -2,14 +2,19 @@
 
 Supported: ``<speak>`` (root), ``<break time|strength>``, ``<emotion category>``, ``<prosody rate pitch volume>``,
 ``<say-as interpret-as="digits|cardinal|telephone|date|time">``, ``<phoneme ph="pin1 yin1">``, ``<sub alias>``,
-``<p>`` and ``<s>``. Elements and attributes are allow-listed; anything else is rejected with an error naming
-it. Parsing goes through defusedxml: DTDs, entity declarations and external references are refused.
+``<p>``, ``<s>`` and ``<mark name>``. Elements and attributes are allow-listed; anything else is rejected with an
+error naming it. Parsing goes through defusedxml: DTDs, entity declarations and external references are refused.
+
+Every piece of text keeps the offsets of the document characters it came from (``Span.sources``), so timestamps
+point into the SSML the client sent: a ``<sub>`` alias and a ``<say-as>`` reading stand for the element's content.
 """
 
 from __future__ import annotations
 
+import bisect
 import re
 import xml.etree.ElementTree as ET
+import xml.parsers.expat
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 
@@ -18,8 +23,9 @@ import defusedxml.ElementTree as SafeET
 
 from tts_server.inference.engine import PITCH_MAX, PITCH_MIN, VOLUME_DB_MAX, VOLUME_DB_MIN
 from tts_server.inference.frontend.errors import FrontendError
-from tts_server.inference.frontend.normalize import Reading, Segment, normalize, say_as
+from tts_server.inference.frontend.normalize import Reading, Segment, TracedSegment, covering, normalize_traced, say_as
 from tts_server.inference.frontend.symbols import Syllable, SyllableError, parse_pinyin
+from tts_server.inference.frontend.trace import Src, Traced
 
 SSML_NS = "http://www.w3.org/2001/10/synthesis"
 _XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
@@ -36,6 +42,7 @@ _ALLOWED: dict[str, frozenset[str]] = {
     "say-as": frozenset({"interpret-as", "format"}),
     "phoneme": frozenset({"ph", "alphabet"}),
     "sub": frozenset({"alias"}),
+    "mark": frozenset({"name"}),
     "p": frozenset({_XML_LANG}),
     "s": frozenset({_XML_LANG}),
 }
@@ -51,13 +58,15 @@ _WS_RE = re.compile(r"\s+")
 
 @dataclass(frozen=True, slots=True)
 class Span:
-    """Normalised text read with one emotion, speed, pitch shift and volume gain (dB)."""
+    """Normalised text read with one emotion, speed, pitch shift and volume gain (dB). ``sources[i]`` says where
+    ``segments[i]`` came from (see ``normalize.TracedSegment``); empty when unknown."""
 
     segments: tuple[Segment, ...]
     emotion: str
     speed: float
     pitch: float = 0.0
     volume_db: float = 0.0
+    sources: tuple[tuple[Src, ...], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +75,11 @@ class _Prosody:
     pitch: float = 0.0
     volume_db: float = 0.0
 
-    def span(self, segments: tuple[Segment, ...], emotion: str) -> Span:
-        return Span(segments, emotion, self.speed, self.pitch, self.volume_db)
+    def span(self, segments: list[TracedSegment], emotion: str) -> Span:
+        return Span(
+            tuple(seg for seg, _ in segments), emotion, self.speed, self.pitch, self.volume_db,
+            tuple(src for _, src in segments),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +90,18 @@ class BreakMark:
 
 
 @dataclass(frozen=True, slots=True)
+class NamedMark:
+    """SSML ``<mark name>``: a point in the text whose time in the audio is reported with the timestamps."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class SentenceMark:
     """End of an SSML ``<s>`` or ``<p>``: the sentence ends here even without punctuation."""
 
 
-Item = Span | BreakMark | SentenceMark
+Item = Span | BreakMark | SentenceMark | NamedMark
 
 
 def _fail(message: str, param: str = "text") -> FrontendError:
@@ -196,12 +215,31 @@ class _Walker:
         self.allowed_emotions = allowed_emotions
         self.check_syllable = check_syllable
         self.root_emotion = emotion
+        self.locations: dict[int, _Location] = {}
+        self.document: Src = (0, 0)
 
-    def text(self, text: str | None, emotion: str, prosody: _Prosody) -> None:
-        if text:
-            collapsed = _WS_RE.sub(" ", text)
-            if collapsed.strip():
-                self.items.append(prosody.span(tuple(normalize(collapsed)), emotion))
+    def node(self, el: ET.Element, tail: bool = False) -> Traced:
+        """``el.text`` (or ``el.tail``) with its offsets in the document (the whole document if unknown)."""
+        text = (el.tail if tail else el.text) or ""
+        loc = self.locations.get(id(el))
+        traced = None if loc is None else loc.tail if tail else loc.text
+        if traced is None or traced.text != text:
+            return Traced.covering(text, self.document)
+        return traced
+
+    def content_span(self, el: ET.Element) -> Src:
+        """Where an element's content is (its whole extent when it has none): what an alias or reading stands for."""
+        span = self.node(el).span()
+        if span is None or span == self.document:
+            loc = self.locations.get(id(el))
+            return self.document if loc is None else loc.extent
+        return span
+
+    def text(self, text: Traced, emotion: str, prosody: _Prosody) -> None:
+        if text.text:
+            collapsed = text.sub(_WS_RE, " ")
+            if collapsed.text.strip():
+                self.items.append(prosody.span(normalize_traced(collapsed), emotion))
 
     def only_text(self, el: ET.Element, name: str) -> str:
         if len(el):
@@ -224,6 +262,14 @@ class _Walker:
                 raise _fail("<break> must be empty")
             self.items.append(BreakMark(parse_break(el.get("time"), el.get("strength"))))
             return
+        if name == "mark":
+            if len(el) or (el.text or "").strip():
+                raise _fail("<mark> must be empty")
+            mark = el.get("name")
+            if not mark or len(mark) > 256:
+                raise _fail("<mark> needs a name of 1 to 256 characters")
+            self.items.append(NamedMark(mark))
+            return
         if name == "say-as":
             kind = el.get("interpret-as")
             if kind is None:
@@ -235,7 +281,7 @@ class _Walker:
                 segments = say_as(content, kind)
             except ValueError as exc:
                 raise _fail(f"<say-as interpret-as={kind!r}> cannot read {content.strip()!r}: {exc}") from None
-            self.items.append(prosody.span(tuple(segments), emotion))
+            self.items.append(prosody.span(covering(segments, self.content_span(el)), emotion))
             return
         if name == "phoneme":
             ph = el.get("ph")
@@ -246,14 +292,14 @@ class _Walker:
                 raise _fail(f"<phoneme alphabet={alphabet!r}>: only pinyin ('py') is supported")
             content = self.only_text(el, name)
             reading = Reading(parse_phoneme(ph, self.check_syllable), content.strip())
-            self.items.append(prosody.span((reading,), emotion))
+            self.items.append(prosody.span(covering([reading], self.content_span(el)), emotion))
             return
         if name == "sub":
             alias = el.get("alias")
             if alias is None:
                 raise _fail("<sub> needs alias")
             self.only_text(el, name)
-            self.text(alias, emotion, prosody)
+            self.text(Traced.covering(alias, self.content_span(el)), emotion, prosody)
             return
         if name == "emotion":
             category = el.get("category")
@@ -278,10 +324,10 @@ class _Walker:
             if volume is not None:
                 gain = min(VOLUME_DB_MAX, max(VOLUME_DB_MIN, prosody.volume_db + parse_volume(volume)))
                 prosody = replace(prosody, volume_db=gain)
-        self.text(el.text, emotion, prosody)
+        self.text(self.node(el), emotion, prosody)
         for child in el:
             self.visit(child, emotion, prosody, depth + 1)
-            self.text(child.tail, emotion, prosody)
+            self.text(self.node(child, tail=True), emotion, prosody)
         if name in ("p", "s"):
             self.items.append(SentenceMark())
 
@@ -311,5 +357,86 @@ def parse_ssml(
     if _tag(root) != "speak":
         raise _fail(f"the root element must be <speak>, not <{_tag(root)}>")
     walker = _Walker(emotion, allowed_emotions, check_syllable)
+    walker.document = (0, len(text))
+    locations = _locate(text)
+    elements = list(root.iter())
+    if locations is not None and len(locations) == len(elements):
+        walker.locations = {id(el): loc for el, loc in zip(elements, locations, strict=True)}
     walker.visit(root, emotion, _Prosody(), 0)
     return walker.items
+
+
+@dataclass(slots=True)
+class _Location:
+    """Where an element is in the document: its extent, its text and its tail with their offsets."""
+
+    extent: Src
+    text: Traced
+    tail: Traced
+
+
+def _locate(document: str) -> list[_Location] | None:
+    """The elements of an (already validated) document in document order, with offsets. ElementTree keeps none,
+    so expat reads the document once more and reports where each piece of character data starts; a piece whose
+    raw text is not the data itself (an entity or character reference, a normalised line break) stands as a
+    whole for its raw extent. None if expat disagrees with the validated parse."""
+    raw = document.encode("utf-8")
+    char_at = [i for i, ch in enumerate(document) for _ in range(len(ch.encode("utf-8")))]
+    char_at.append(len(document))
+    positions: list[int] = []
+    found: list[tuple[_Location, list[tuple[str, int]], list[tuple[str, int]]]] = []
+    stack: list[int] = []
+    target: list[list[tuple[str, int]]] = [[]]
+    parser = xml.parsers.expat.ParserCreate()
+
+    def start(_name: str, _attrs: dict[str, str]) -> None:
+        positions.append(parser.CurrentByteIndex)
+        text: list[tuple[str, int]] = []
+        found.append((_Location((char_at[parser.CurrentByteIndex], 0), Traced("", ()), Traced("", ())), text, []))
+        stack.append(len(found) - 1)
+        target[0] = text
+
+    def end(_name: str) -> None:
+        positions.append(parser.CurrentByteIndex)
+        loc, _text, tail = found[stack.pop()]
+        begin = char_at[parser.CurrentByteIndex]
+        close = document.find(">", begin)
+        loc.extent = (loc.extent[0], len(document) if close < 0 else close + 1)
+        target[0] = tail
+
+    def data(chunk: str) -> None:
+        positions.append(parser.CurrentByteIndex)
+        target[0].append((chunk, parser.CurrentByteIndex))
+
+    def other(*_args: object) -> None:
+        positions.append(parser.CurrentByteIndex)
+
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.CharacterDataHandler = data
+    parser.CommentHandler = other
+    parser.ProcessingInstructionHandler = other
+    parser.StartCdataSectionHandler = other
+    parser.EndCdataSectionHandler = other
+    try:
+        parser.Parse(document, True)
+    except xml.parsers.expat.ExpatError:
+        return None
+    positions.sort()
+
+    def traced(pieces: list[tuple[str, int]]) -> Traced:
+        parts: list[Src] = []
+        for chunk, at in pieces:
+            i = bisect.bisect_right(positions, at)
+            c0, c1 = char_at[at], char_at[positions[i] if i < len(positions) else len(raw)]
+            if document[c0:c1] == chunk:
+                parts.extend((c0 + k, c0 + k + 1) for k in range(len(chunk)))
+            else:
+                parts.extend([(c0, c1)] * len(chunk))
+        return Traced("".join(chunk for chunk, _ in pieces), tuple(parts))
+
+    out = []
+    for loc, text, tail in found:
+        loc.text, loc.tail = traced(text), traced(tail)
+        out.append(loc)
+    return out

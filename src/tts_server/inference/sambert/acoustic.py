@@ -485,6 +485,9 @@ class AcousticOutput:
     num_frames: int
     dec_outputs: Tensor  # [num_frames, num_mels]
     postnet_outputs: Tensor  # [num_frames, num_mels]
+    #: Frames per token after speed scaling and rounding (what the decoder expanded; sums to ``num_frames``),
+    #: the basis of the timestamps.
+    frames: Tensor  # [T] int64
 
 
 class SambertModel(nn.Module):
@@ -549,7 +552,7 @@ class SambertModel(nn.Module):
         band = int(durations.max() / self.r + 0.5)
         if num_frames == 0:
             empty = text_hid.new_zeros(0, self.num_mels)
-            return AcousticOutput(log_duration, pitch, energy, band, band, 0, empty, empty)
+            return AcousticOutput(log_duration, pitch, energy, band, band, 0, empty, empty, reps)
 
         padded = -(-num_frames // self.r) * self.r
         lr_text = _pad_rows(torch.repeat_interleave(text_aug, reps, dim=0), padded)
@@ -574,7 +577,7 @@ class SambertModel(nn.Module):
             timings["encoder_adaptor"] = timings.get("encoder_adaptor", 0.0) + (t1 - t0)
             timings["decoder"] = timings.get("decoder", 0.0) + (t2 - t1)
             timings["postnet"] = timings.get("postnet", 0.0) + (t3 - t2)
-        return AcousticOutput(log_duration, pitch, energy, band, band, num_frames, dec, post)
+        return AcousticOutput(log_duration, pitch, energy, band, band, num_frames, dec, post, reps)
 
     def prepare(self) -> None:
         """Derive the inference-time weight layouts from the loaded parameters (call again after reloading)."""
