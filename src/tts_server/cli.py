@@ -100,6 +100,9 @@ def _serve(args: argparse.Namespace) -> int:
         app, host=host, port=port, log_level=settings.server.log_level,
         timeout_graceful_shutdown=math.ceil(settings.server.drain_timeout_s), access_log=False,
         http=guarded_protocol(settings.server),
+        # Pinned like http=: the sans-I/O implementation of the websockets package (uvicorn deprecates its legacy
+        # one), whatever else is installed; messages over websocket.max_message_bytes close with 1009.
+        ws="websockets-sansio", ws_max_size=settings.websocket.max_message_bytes,
     )
     server = _DrainingServer(config, app, settings.server.drain_delay_s)
     log.info("listening on http://%s:%d", f"[{host}]" if ":" in host else host, sock.getsockname()[1])

@@ -246,6 +246,21 @@ class OpenAISettings(_Section):
     pcm_24khz: bool = False
 
 
+class WebSocketSettings(_Section):
+    """The incremental-text WebSocket ``/v1/tts/ws``."""
+
+    #: Seconds a session may go without any client message while no audio is being made (-> close 4408).
+    idle_timeout_s: float = Field(30.0, gt=0)
+    #: Text received and not yet synthesised, in characters; beyond it the session ends (-> close 4413).
+    max_buffered_chars: int = Field(2000, ge=1)
+    #: A comma ends a clause once the clause has this many letters/digits (shorter ones wait for more text).
+    min_comma_clause_chars: int = Field(8, ge=1)
+    #: A clause without punctuation is cut at this many characters (``limits.max_text_chars`` if that is lower).
+    max_clause_chars: int = Field(120, ge=1)
+    #: Largest WebSocket message the server accepts, in bytes (bigger ones close the connection with 1009).
+    max_message_bytes: int = Field(64 * 1024, ge=1024)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TTS_",
@@ -266,6 +281,7 @@ class Settings(BaseSettings):
     cache: CacheSettings = CacheSettings()
     openai: OpenAISettings = OpenAISettings()
     lexicon: LexiconSettings = LexiconSettings()
+    websocket: WebSocketSettings = WebSocketSettings()
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -26,6 +26,8 @@ from tts_server.api.routes import router
 from tts_server.api.security import KeyStore, RateLimiter, SecurityMiddleware, document_security
 from tts_server.api.state import AppState
 from tts_server.api.webui import webui_router
+from tts_server.api.ws import PROTOCOL as WS_PROTOCOL
+from tts_server.api.ws import router as ws_router
 from tts_server.config import ConfigError, Settings
 from tts_server.inference.cache import AudioCache
 from tts_server.inference.lexicon import LexiconError, LexiconStore
@@ -69,7 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = WorkerPool(settings)
-        app.state.tts = AppState(settings, pool, metrics, cache, lexicon)
+        app.state.tts = AppState(settings, pool, metrics, cache, lexicon, keys, limiter)
         if cache is not None:
             await cache.start()
         metrics.bind_pool(pool.stats, lambda: pool.voices)
@@ -86,7 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="tts-server",
         version=__version__,
-        description=DESCRIPTION,
+        description=DESCRIPTION + WS_PROTOCOL,
         lifespan=lifespan,
         # FastAPI's own pages load Swagger UI/ReDoc from a CDN; docs_router serves a packaged copy instead.
         docs_url=None,
@@ -96,6 +98,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(router)
     app.include_router(openai_router)
     app.include_router(lexicon_router)
+    app.include_router(ws_router)
     app.include_router(webui_router)
     app.include_router(docs_router)
     document_security(app, settings.auth.enabled)

@@ -80,6 +80,12 @@ BODY_TIMEOUT: Final = _client("body_timeout", 408, reject_reason=None)
 #: Refused below HTTP (``server.max_connections``): no request was read, so no request metric moves.
 TOO_MANY_CONNECTIONS: Final = ErrorKind(503, "unavailable_error", "too_many_connections", "rejected", None,
                                         "too many open connections, retry later", retry_after=True)
+#: WebSocket: no client message for ``websocket.idle_timeout_s`` while nothing was being synthesised.
+IDLE_TIMEOUT: Final = _client("idle_timeout", 408, reject_reason=None)
+#: WebSocket: more text waiting to be synthesised than ``websocket.max_buffered_chars``.
+TEXT_BUFFER_FULL: Final = _client("text_buffer_full", 413, reject_reason="too_large")
+#: WebSocket: a browser page on an origin that is neither the server's own nor in ``cors.origins``.
+ORIGIN_NOT_ALLOWED: Final = _client("origin_not_allowed", 403, "permission_error", reject_reason=None)
 UNAUTHORIZED: Final = _client("invalid_api_key", 401, "authentication_error", reject_reason=None)
 RATE_LIMITED: Final = ErrorKind(429, "rate_limit_error", "rate_limit_exceeded", "rejected", "rate_limited",
                                 retry_after=True)

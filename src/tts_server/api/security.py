@@ -141,56 +141,75 @@ class SecurityMiddleware(HttpMiddleware):
         if not _route_path(scope).startswith(PROTECTED_PREFIX):
             await self.app(scope, receive, send)
             return
-        client = scope.get("client")
-        address = client[0] if client else "unknown"
-        principal = f"addr:{address}"
-        if self.keys is not None:
-            key_id = self._authenticate(scope)
-            if key_id is None:
-                # Failed attempts spend the address's tokens, so guessing keys runs into 429 quickly.
-                wait = self.limiter.acquire(principal) if self.limiter is not None else 0.0
-                if wait > 0:
-                    await self._too_many(send, wait)
-                    return
-                await self._unauthorized(scope, send)
-                return
-            principal = f"key:{key_id}"
-        if self.limiter is not None:
-            wait = self.limiter.acquire(principal)
-            if wait > 0:
-                await self._too_many(send, wait)
-                return
+        try:
+            principal = admit(self.keys, self.limiter, client_address(scope), authorization_header(scope))
+        except ApiError as error:
+            await self._reply(send, error)
+            return
         scope.setdefault("state", {})[PRINCIPAL] = principal
         await self.app(scope, receive, send)
-
-    def _authenticate(self, scope: Scope) -> str | None:
-        assert self.keys is not None
-        for name, value in scope.get("headers", ()):
-            if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                if scheme.lower() != "bearer" or not token.strip():
-                    return None
-                return self.keys.identify(token.strip())
-        return None
-
-    async def _unauthorized(self, scope: Scope, send: Send) -> None:
-        presented = any(name == b"authorization" for name, _ in scope.get("headers", ()))
-        challenge = f'Bearer realm="{REALM}"'
-        if presented:
-            challenge += ', error="invalid_token"'
-            message = "invalid API key"
-        else:
-            message = "missing API key: send 'Authorization: Bearer <key>'"
-        await self._reply(send, ApiError(UNAUTHORIZED, message, headers={"WWW-Authenticate": challenge}))
-
-    async def _too_many(self, send: Send, wait: float) -> None:
-        retry = max(1, math.ceil(wait))
-        await self._reply(send, ApiError(RATE_LIMITED, f"rate limit exceeded, retry in {retry} s", retry_after=retry))
 
     async def _reply(self, send: Send, error: ApiError) -> None:
         if self.on_error is not None:
             self.on_error(error)
         await send_error(send, error)
+
+
+def client_address(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+def authorization_header(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            return str(value.decode("latin-1"))
+    return None
+
+
+def bearer_token(authorization: str) -> str | None:
+    """The key in an ``Authorization: Bearer <key>`` value; None for another scheme or an empty key."""
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def admit(keys: KeyStore | None, limiter: RateLimiter | None, address: str, authorization: str | None) -> str:
+    """Who is calling (``key:<id>`` or ``addr:<ip>``), or the 401/429 ``ApiError`` to answer: the one decision
+    for every protected route, HTTP or WebSocket. ``authorization`` is the ``Authorization`` value presented
+    (None: none)."""
+    principal = f"addr:{address}"
+    if keys is not None:
+        token = bearer_token(authorization) if authorization is not None else None
+        key_id = keys.identify(token) if token is not None else None
+        if key_id is None:
+            # Failed attempts spend the address's tokens, so guessing keys runs into 429 quickly.
+            wait = limiter.acquire(principal) if limiter is not None else 0.0
+            if wait > 0:
+                raise _too_many(wait)
+            raise _unauthorized(authorization is not None)
+        principal = f"key:{key_id}"
+    if limiter is not None:
+        wait = limiter.acquire(principal)
+        if wait > 0:
+            raise _too_many(wait)
+    return principal
+
+
+def _unauthorized(presented: bool) -> ApiError:
+    challenge = f'Bearer realm="{REALM}"'
+    if presented:
+        challenge += ', error="invalid_token"'
+        message = "invalid API key"
+    else:
+        message = "missing API key: send 'Authorization: Bearer <key>'"
+    return ApiError(UNAUTHORIZED, message, headers={"WWW-Authenticate": challenge})
+
+
+def _too_many(wait: float) -> ApiError:
+    retry = max(1, math.ceil(wait))
+    return ApiError(RATE_LIMITED, f"rate limit exceeded, retry in {retry} s", retry_after=retry)
 
 
 def _route_path(scope: Scope) -> str:

@@ -80,6 +80,7 @@ class GuardedH11Protocol(H11Protocol):
         self._timer_kind: str | None = None
         self._timer_cycle: object = None
         self._refused = False
+        self._upgraded = False
 
     # --- connection limit -----------------------------------------------------------------------------------
 
@@ -127,8 +128,15 @@ class GuardedH11Protocol(H11Protocol):
         super().on_response_complete()
         self._sync_timer()
 
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        # The transport now belongs to the WebSocket protocol (which has its own pings and the session's idle
+        # timeout): h11 still sees a request body pending, and the body backstop would cut the socket.
+        self._upgraded = True
+        self._cancel_timer()
+        super().handle_websocket_upgrade(event)
+
     def _sync_timer(self) -> None:
-        if self.transport.is_closing():
+        if self._upgraded or self.transport.is_closing():
             self._cancel_timer()
             return
         their, ours = self.conn.their_state, self.conn.our_state

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from tts_server.api.security import KeyStore, RateLimiter
 from tts_server.config import Settings
 from tts_server.inference.cache import AudioCache
 from tts_server.inference.lexicon import LexiconStore
@@ -22,6 +23,9 @@ class AppState:
     cache: AudioCache | None = None
     #: The user lexicon (empty and read-only while ``lexicon.path`` is unset).
     lexicon: LexiconStore = field(default_factory=lambda: LexiconStore(None, max_entries=1, max_word_chars=1))
+    #: Auth and rate limit, for the routes no HTTP middleware sees (the WebSocket); None when off.
+    keys: KeyStore | None = None
+    limiter: RateLimiter | None = None
 
 
 def app_state(request: Request) -> AppState:

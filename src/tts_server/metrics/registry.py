@@ -33,6 +33,12 @@ RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 
 OUTCOMES = ("ok", "client_error", "server_error", "timeout", "rejected", "cancelled")
 REJECT_REASONS = ("queue_full", "rate_limited", "not_ready", "too_large", "invalid")
 ROUTES = ("/v1/synthesize", "/v1/audio/speech")
+#: The incremental-text WebSocket: a route of ``tts_time_to_first_audio_seconds`` only (its sessions are counted in
+#: ``tts_ws_sessions_total``, not in the per-request duration histogram).
+WS_ROUTE = "/v1/tts/ws"
+#: How a WebSocket session ended (``tts_ws_sessions_total{outcome}``).
+WS_OUTCOMES = ("ok", "disconnected", "idle_timeout", "unauthorized", "client_error", "rejected", "server_error",
+               "timeout")
 
 
 class _PoolCollector(Collector):
@@ -149,6 +155,11 @@ class ServerMetrics:
                                          registry=r)
         self.input_chars = Counter("tts_input_characters", "Characters of text synthesised.", registry=r)
         self.cache_lookups = Counter("tts_cache_lookups", "Audio cache lookups.", ["result"], registry=r)
+        self.ws_open = Gauge("tts_ws_sessions_open", "WebSocket sessions open now.", registry=r)
+        self.ws_sessions = Counter("tts_ws_sessions", "WebSocket sessions by how they ended.", ["outcome"],
+                                   registry=r)
+        self.ws_audio_sent = Counter("tts_ws_audio_sent_seconds", "Seconds of audio sent over WebSockets.",
+                                     registry=r)
         self.build_info = Gauge("tts_build_info", "Build information.", ["version", "model_id", "torch"],
                                 registry=r)
         self.build_info.labels(__version__, settings.model.model_id, _torch_version()).set(1)
@@ -158,6 +169,9 @@ class ServerMetrics:
             self.cache_lookups.labels(result)
         for stage in STAGES:
             self.inference.labels(stage)
+        for outcome in WS_OUTCOMES:
+            self.ws_sessions.labels(outcome)
+        self.ttfa.labels(WS_ROUTE)
         for route in ROUTES:
             self.ttfa.labels(route)
             for fmt in FORMATS:
