@@ -150,7 +150,7 @@ class Process:
 
 @contextlib.contextmanager
 def tts_server(engine: EngineChoice, workers: int, *, queue_size: int = 16, job_timeout_s: float = 120.0,
-               startup_timeout_s: float = 300.0) -> Iterator[Process]:
+               startup_timeout_s: float = 300.0, pool_extra: dict[str, Any] | None = None) -> Iterator[Process]:
     with tempfile.TemporaryDirectory(prefix="tts-bench-") as tmp:
         port = free_port()
         config = Path(tmp) / "server.toml"
@@ -158,7 +158,7 @@ def tts_server(engine: EngineChoice, workers: int, *, queue_size: int = 16, job_
         config.write_text(toml_text({
             "server": {"host": HOST, "port": port, "log_level": "warning", "drain_delay_s": 0.0},
             "pool": {"workers": workers, "queue_size": queue_size, "job_timeout_s": job_timeout_s,
-                     "startup_timeout_s": startup_timeout_s},
+                     "startup_timeout_s": startup_timeout_s, **(pool_extra or {})},
             "engine": engine.settings["engine"],
             "model": model,
         }))

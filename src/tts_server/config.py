@@ -98,6 +98,13 @@ class PoolSettings(_Section):
     liveness_timeout_s: float = Field(600.0, gt=0)
     #: Seconds a stopping worker gets between SIGTERM and SIGKILL.
     kill_grace_s: float = Field(2.0, ge=0)
+    #: Return freed memory to the system after warm-up and whenever a worker goes idle (glibc only): keeps a
+    #: worker's resident memory near its working set instead of its high-water mark. Costs a few ms per idle moment.
+    release_memory: bool = True
+    #: oneDNN primitive cache entries per worker (torch's default, 1024, holds about 120 MB once full). Each distinct
+    #: sentence length compiles its own convolution primitives; a smaller cache saves memory but recompiles more:
+    #: 32 saved a further ~80 MiB per worker for ~10-15% more CPU per synthesis (``bench/memory.py``).
+    onednn_primitive_cache: int = Field(1024, ge=0)
 
 
 class ModelSettings(_Section):

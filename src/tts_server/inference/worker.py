@@ -24,6 +24,7 @@ from tts_server.config import Settings
 from tts_server.inference.engine import EngineError, SupportsLexicon, Synthesis
 from tts_server.inference.lexicon import LexiconError, read_file
 from tts_server.inference.loading import load_engine
+from tts_server.inference.memory import limit_primitive_cache, pin_mmap_threshold, release_free_memory
 from tts_server.inference.messages import (
     Cancel,
     Cancelled,
@@ -52,6 +53,10 @@ def worker_main(conn: Connection, settings: Settings, slot: int) -> None:
         format=f"%(asctime)s %(levelname)s worker[{slot}] %(name)s: %(message)s",
     )
     started = time.perf_counter()
+    release = settings.pool.release_memory
+    limit_primitive_cache(settings.pool.onednn_primitive_cache)  # before torch loads: it reads this once
+    if release:
+        pin_mmap_threshold()
     try:
         engine = load_engine(settings)
         engine.warm_up()
@@ -69,6 +74,8 @@ def worker_main(conn: Connection, settings: Settings, slot: int) -> None:
         with send_lock:  # the reader thread answers pings while the main thread sends chunks
             conn.send(msg)
 
+    if release:
+        release_free_memory()  # loading and warm-up leave tens of MB of freed buffers in the heaps
     send(Ready(pid=os.getpid(), load_seconds=time.perf_counter() - started, voices=voices))
     jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
     cancelled: set[int] = set()
@@ -84,6 +91,8 @@ def worker_main(conn: Connection, settings: Settings, slot: int) -> None:
         # Only the running job is ever cancelled: a Cancel for it or an older job (one that crossed its Result) is
         # stale now. Not clear(): the reader thread may already have noted a Cancel for the job queued next.
         cancelled.difference_update([i for i in list(cancelled) if i <= job.job_id])
+        if release and jobs.empty():
+            release_free_memory()  # idle now: hand back what this job's buffers left in the heaps
 
 
 def _load_lexicon(engine: object, path: Path, current: int) -> int:

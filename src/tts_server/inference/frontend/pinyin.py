@@ -222,9 +222,20 @@ def _neutral_lexicon() -> dict[str, tuple[tuple[int, str], ...]]:
         else:
             if neutral:
                 table[word] = tuple(neutral)
-    for name in [m for m in sys.modules if m.startswith("pypinyin_dict.phrase_pinyin_data.cc_cedict")]:
-        del sys.modules[name]  # about 50 MB of phrase tables nobody else reads
+    _drop_modules("pypinyin_dict.phrase_pinyin_data.cc_cedict")
     return table
+
+
+def _drop_modules(prefix: str) -> None:
+    """Forget the modules whose names start with ``prefix`` (about 35 MB of phrase tables nobody else reads) so that they can be
+    freed: not only from ``sys.modules`` — an imported submodule is also an attribute of its parent package, which
+    would keep it alive."""
+    for name in [m for m in sys.modules if m.startswith(prefix)]:  # cc_cedict, cc_cedict_0, ...
+        del sys.modules[name]
+        parent, _, leaf = name.rpartition(".")
+        package = sys.modules.get(parent)
+        if package is not None and getattr(package, leaf, None) is not None:
+            delattr(package, leaf)
 
 
 def _base(marked: str) -> str:
