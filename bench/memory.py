@@ -22,7 +22,7 @@ import httpx
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import PARITY_MODEL, SENTENCES, sambert_choice, tts_server  # noqa: E402
+from harness import PARITY_MODEL, SENTENCES, sambert_choice, tts_server
 
 MiB = 1024 * 1024
 

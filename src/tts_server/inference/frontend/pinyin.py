@@ -227,10 +227,11 @@ def _neutral_lexicon() -> dict[str, tuple[tuple[int, str], ...]]:
 
 
 def _drop_modules(prefix: str) -> None:
-    """Forget the modules whose names start with ``prefix`` (about 35 MB of phrase tables nobody else reads) so that they can be
-    freed: not only from ``sys.modules`` — an imported submodule is also an attribute of its parent package, which
-    would keep it alive."""
-    for name in [m for m in sys.modules if m.startswith(prefix)]:  # cc_cedict, cc_cedict_0, ...
+    """Forget the modules whose names start with ``prefix`` (about 35 MB of phrase tables nobody else reads) so
+    that they can be freed: not only from ``sys.modules`` — an imported submodule is also an attribute of its parent
+    package, which would keep it alive."""
+    # cc_cedict, cc_cedict_0, ...
+    for name in [m for m in sys.modules if m.startswith(prefix)]:
         del sys.modules[name]
         parent, _, leaf = name.rpartition(".")
         package = sys.modules.get(parent)
