@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -490,6 +490,152 @@ class AcousticOutput:
     frames: Tensor  # [T] int64
 
 
+@dataclass(frozen=True)
+class Adapted:
+    """What the encoder and variance adaptor give the decoder (``SambertModel._adapt``)."""
+
+    log_duration: Tensor  # [T]
+    pitch: Tensor  # [T]
+    energy: Tensor  # [T]
+    durations: Tensor  # [T] frames per token as the length regulator rounded them (speed applied)
+    band: int
+    num_frames: int
+    memory: Tensor  # [steps, d_mem]
+
+
+class AcousticStream:
+    """One sentence's mel, decoded on demand (``SambertModel.infer_stream``).
+
+    The per-token layout (``durations``, ``pitch``, ...) is known from the start. ``chunks`` runs the
+    autoregressive decoder and the postnet as far as each chunk needs: the postnet's FSMN layers look
+    ``lookahead`` frames ahead (the sum of their right contexts), so a postnet frame is final once that many later
+    decoder frames exist; its LSTM is one-directional and carries its state. No frame is computed twice.
+    """
+
+    def __init__(self, adapted: Adapted, plan: _DecoderPlan, postnet: PostNet, r: int, num_mels: int) -> None:
+        self._adapted = adapted
+        self._plan = plan
+        self._postnet = postnet
+        self.r = r
+        self.num_mels = num_mels
+        self.log_duration = adapted.log_duration
+        self.pitch = adapted.pitch
+        self.energy = adapted.energy
+        self.durations = adapted.durations
+        self.band = adapted.band
+        self.num_frames = adapted.num_frames
+        self.lookahead = postnet_lookahead(postnet)
+
+    def chunks(self, first_frames: int, frames: int) -> Iterator[Tensor]:
+        """Postnet mel [n, num_mels] in order: the first chunk as soon as ``first_frames`` frames are final, then
+        chunks of at least ``frames`` (a chunk can be up to ``r - 1`` frames larger: the decoder makes ``r`` per
+        step), the rest at the end. Closing the iterator stops the decoder."""
+        ad = self._adapted
+        total = ad.num_frames
+        if total == 0:
+            return
+        post = _PostnetStream(self._postnet)
+        pending: list[Tensor] = []
+        decoded = 0  # valid decoder frames made so far
+        pushed = 0  # decoder frames handed to the postnet
+        sent = 0  # postnet frames yielded so far
+        target = max(1, first_frames)
+        for x in self._plan.steps(ad.memory, ad.band):
+            pending.append(x)
+            decoded = min(decoded + self.r, total)
+            if decoded < total and decoded - self.lookahead - sent >= target:
+                out = post.push(self._mel(pending, decoded - pushed), final=False)
+                pending, pushed = [], decoded
+                sent += out.shape[0]
+                target = max(1, frames)
+                yield out
+        out = post.push(self._mel(pending, decoded - pushed), final=True)
+        if out.shape[0]:
+            yield out
+
+    def _mel(self, hidden: list[Tensor], valid: int) -> Tensor:
+        """Decoder frames of the given steps; ``valid`` drops the last step's padding past the sentence's end."""
+        if not hidden:
+            return self._adapted.memory.new_zeros(0, self.num_mels)
+        return self._plan.project(torch.stack(hidden)).reshape(-1, self.num_mels)[:valid]
+
+
+def postnet_lookahead(postnet: PostNet) -> int:
+    """Future decoder frames one postnet frame depends on: the FSMN layers' right contexts add up."""
+    return sum(block.rp for block in postnet.fsmn.memory_block_lst if isinstance(block, MemoryBlock))
+
+
+class _FsmnLayerState:
+    def __init__(self, residual: bool) -> None:
+        self.residual = residual
+        self.h: Tensor | None = None  # the FFN's output from frame ``h_start`` on
+        self.h_start = 0
+        self.x: Tensor | None = None  # the layer's input from frame ``done`` on (for the residual)
+        self.received = 0
+        self.done = 0
+
+
+class _PostnetStream:
+    """``PostNet.forward`` (plus the decoder residual) run incrementally: each FSMN layer emits a frame once its
+    right context has arrived (or the sentence ended: then zeros, as the whole-sentence padding), the LSTM keeps its
+    state between calls."""
+
+    def __init__(self, postnet: PostNet) -> None:
+        self.postnet = postnet
+        fsmn = postnet.fsmn
+        self.layers: list[tuple[FsmnFeedForward, MemoryBlock, _FsmnLayerState]] = []
+        for ffn, block in zip(fsmn.ffn_lst, fsmn.memory_block_lst, strict=True):
+            assert isinstance(ffn, FsmnFeedForward)
+            assert isinstance(block, MemoryBlock)
+            residual = ffn.w_1.in_channels == ffn.w_2.out_channels
+            self.layers.append((ffn, block, _FsmnLayerState(residual)))
+        self.lstm_state: tuple[Tensor, Tensor] | None = None
+        self.dec: Tensor | None = None  # decoder frames not yet emitted (the postnet adds its output to them)
+
+    def push(self, dec: Tensor, final: bool) -> Tensor:
+        """New decoder frames [n, num_mels] -> the postnet frames that are now final [m, num_mels]."""
+        self.dec = dec if self.dec is None else torch.cat([self.dec, dec])
+        x = dec.t().unsqueeze(0)
+        for ffn, block, state in self.layers:
+            x = self._layer(ffn, block, state, x, final)
+        if x.shape[-1] == 0:
+            return dec.new_zeros(0, dec.shape[1])
+        h, self.lstm_state = self.postnet.lstm(x.transpose(1, 2), self.lstm_state)
+        m = h.shape[1]
+        out: Tensor = self.postnet.fc(h[0]) + self.dec[:m]
+        self.dec = self.dec[m:]
+        return out
+
+    @staticmethod
+    def _layer(ffn: FsmnFeedForward, block: MemoryBlock, st: _FsmnLayerState, x: Tensor, final: bool) -> Tensor:
+        n = x.shape[-1]
+        if n:
+            h_new = ffn(x)
+            st.h = h_new if st.h is None else torch.cat([st.h, h_new], dim=2)
+            if st.residual:
+                st.x = x if st.x is None else torch.cat([st.x, x], dim=2)
+            st.received += n
+        end = st.received if final else st.received - block.rp
+        start = st.done
+        if end <= start or st.h is None:
+            channels = block.conv_dw.out_channels
+            return x.new_zeros(1, channels, 0)
+        lo, hi = start - block.lp, end + block.rp
+        avail_lo, avail_hi = st.h_start, st.received
+        seg = st.h[:, :, max(lo, avail_lo) - avail_lo : min(hi, avail_hi) - avail_lo]
+        window = F.pad(seg, (max(0, avail_lo - lo), max(0, hi - avail_hi)))
+        out: Tensor = block.conv_dw(window) + st.h[:, :, start - avail_lo : end - avail_lo]
+        if st.residual:
+            assert st.x is not None
+            out = out + st.x[:, :, : end - start]
+            st.x = st.x[:, :, end - start :]
+        st.done = end
+        keep = max(0, end - block.lp)
+        st.h = st.h[:, :, keep - avail_lo :]
+        st.h_start = keep
+        return out
+
+
 class SambertModel(nn.Module):
     def __init__(self, cfg: SambertConfig) -> None:
         super().__init__()
@@ -528,6 +674,58 @@ class SambertModel(nn.Module):
         the duration predictor, as the predicted one does. ``AcousticOutput.pitch`` is the pitch that was used.
         """
         t0 = time.perf_counter()
+        ad = self._adapt(sy, tone, syllable_flag, word_segment, emotion, speaker, speed, pitch_shift)
+        if ad.num_frames == 0:
+            empty = ad.memory.new_zeros(0, self.num_mels)
+            return AcousticOutput(ad.log_duration, ad.pitch, ad.energy, ad.band, ad.band, 0, empty, empty, ad.durations)
+        t1 = time.perf_counter()
+        dec = self._decode(ad.memory, ad.band).reshape(-1, self.num_mels)[: ad.num_frames]
+        t2 = time.perf_counter()
+        post = self.mel_postnet(dec) + dec
+        t3 = time.perf_counter()
+        if timings is not None:
+            timings["encoder_adaptor"] = timings.get("encoder_adaptor", 0.0) + (t1 - t0)
+            timings["decoder"] = timings.get("decoder", 0.0) + (t2 - t1)
+            timings["postnet"] = timings.get("postnet", 0.0) + (t3 - t2)
+        return AcousticOutput(
+            ad.log_duration, ad.pitch, ad.energy, ad.band, ad.band, ad.num_frames, dec, post, ad.durations
+        )
+
+    def infer_stream(
+        self,
+        sy: Tensor,
+        tone: Tensor,
+        syllable_flag: Tensor,
+        word_segment: Tensor,
+        emotion: Tensor,
+        speaker: Tensor,
+        speed: float = 1.0,
+        pitch_shift: float = 0.0,
+    ) -> AcousticStream:
+        """Like ``infer``, but the mel comes out in chunks while the decoder runs (see ``AcousticStream``).
+
+        The encoder and variance adaptor run here, at once: durations, pitch and energy are known before any
+        frame is decoded. Iterating the stream decodes; the concatenated chunks equal ``infer``'s
+        ``postnet_outputs`` up to float rounding.
+        """
+        ad = self._adapt(sy, tone, syllable_flag, word_segment, emotion, speaker, speed, pitch_shift)
+        if self._decoder_plan is None:
+            self.prepare()
+        assert self._decoder_plan is not None
+        return AcousticStream(ad, self._decoder_plan, self.mel_postnet, self.r, self.num_mels)
+
+    def _adapt(
+        self,
+        sy: Tensor,
+        tone: Tensor,
+        syllable_flag: Tensor,
+        word_segment: Tensor,
+        emotion: Tensor,
+        speaker: Tensor,
+        speed: float,
+        pitch_shift: float,
+    ) -> Adapted:
+        """Text encoder and variance adaptor: per-token predictions and the decoder's memory, one row per step."""
         va = self.variance_adaptor
         text_hid = self.text_encoder(sy, tone, syllable_flag, word_segment)
         emo_hid = self.emo_tokenizer(emotion)
@@ -551,8 +749,8 @@ class SambertModel(nn.Module):
         num_frames = int(reps.sum().item())
         band = int(durations.max() / self.r + 0.5)
         if num_frames == 0:
-            empty = text_hid.new_zeros(0, self.num_mels)
-            return AcousticOutput(log_duration, pitch, energy, band, band, 0, empty, empty, reps)
+            memory = text_hid.new_zeros(0, 0)
+            return Adapted(log_duration, pitch, energy, reps, band, 0, memory)
 
         padded = -(-num_frames // self.r) * self.r
         lr_text = _pad_rows(torch.repeat_interleave(text_aug, reps, dim=0), padded)
@@ -568,16 +766,7 @@ class SambertModel(nn.Module):
             [lr_text.reshape(steps, -1), lr_spk[:: self.r], lr_emo[:: self.r]],
             dim=-1,
         )
-        t1 = time.perf_counter()
-        dec = self._decode(memory, band).reshape(padded, self.num_mels)[:num_frames]
-        t2 = time.perf_counter()
-        post = self.mel_postnet(dec) + dec
-        t3 = time.perf_counter()
-        if timings is not None:
-            timings["encoder_adaptor"] = timings.get("encoder_adaptor", 0.0) + (t1 - t0)
-            timings["decoder"] = timings.get("decoder", 0.0) + (t2 - t1)
-            timings["postnet"] = timings.get("postnet", 0.0) + (t3 - t2)
-        return AcousticOutput(log_duration, pitch, energy, band, band, num_frames, dec, post, reps)
+        return Adapted(log_duration, pitch, energy, reps, band, num_frames, memory)
 
     def prepare(self) -> None:
         """Derive the inference-time weight layouts from the loaded parameters (call again after reloading)."""
@@ -669,6 +858,17 @@ class _DecoderPlan:
 
     def run(self, memory: Tensor, band: int) -> Tensor:
         """``memory``: [S, d_mem] -> decoder output [S, r * num_mels]."""
+        outputs = memory.new_empty(memory.shape[0], self.d_model)
+        for t, x in enumerate(self.steps(memory, band)):
+            outputs[t] = x
+        return self.project(outputs)
+
+    def project(self, hidden: Tensor) -> Tensor:
+        """Hidden states of some steps [n, d_model] -> their mel frames [n, r * num_mels]."""
+        return F.linear(F.layer_norm(hidden, (self.d_model,), *self.ln, 1e-6), self.w_out, self.b_out)
+
+    def steps(self, memory: Tensor, band: int) -> Iterator[Tensor]:
+        """The decoder loop, one step at a time: yields each step's hidden state [d_model] (before ``project``)."""
         steps = memory.shape[0]
         width = band + 1
         d_model = self.d_model
@@ -692,7 +892,6 @@ class _DecoderPlan:
         mask = memory.new_zeros(steps, 2 * n_head, 1, width)
         mask.masked_fill_(torch.cat([own_invalid, mem_invalid], dim=1), float("-inf"))
 
-        outputs = memory.new_empty(steps, d_model)
         eps = 1e-6
         shape = (d_model,)
         # Step 0 starts from the all-zero "go" frame: the first prenet layer sees zeros.
@@ -716,8 +915,7 @@ class _DecoderPlan:
                 x = torch.addmv(layer.b_fc, layer.w_fc, att.view(-1)) + x
                 ff = torch.relu(torch.addmv(layer.b_1, layer.w_1, torch.layer_norm(x, shape, *layer.ffn_ln, eps)))
                 x = torch.addmv(layer.b_2, layer.w_2, ff) + x
-            outputs[t] = x
-        return F.linear(F.layer_norm(outputs, shape, *self.ln, eps), self.w_out, self.b_out)
+            yield x
 
 
 def _pad_rows(x: Tensor, rows: int) -> Tensor:

@@ -34,7 +34,7 @@ from tts_server.inference.engine import (
     VoiceInfo,
 )
 from tts_server.inference.frontend import Frontend
-from tts_server.inference.sambert.acoustic import AcousticOutput, SambertConfig, SambertModel
+from tts_server.inference.sambert.acoustic import AcousticOutput, AcousticStream, SambertConfig, SambertModel
 from tts_server.inference.sambert.linguistic import EncodedSymbols, LinguisticUnit, Token
 from tts_server.inference.sambert.loader import (
     VoiceFiles,
@@ -53,7 +53,7 @@ from tts_server.inference.sambert.nsf import (
     binarize_voicing,
     build_nsf_generator,
 )
-from tts_server.inference.sambert.vocoder import HifiGanConfig, HifiGanGenerator, build_generator
+from tts_server.inference.sambert.vocoder import HifiGanConfig, HifiGanGenerator, VocoderStream, build_generator
 
 if TYPE_CHECKING:
     from tts_server.config import Settings
@@ -71,6 +71,10 @@ class _Sentence:
     pause_after_s: float
     pitch: float = 0.0
     volume_db: float = 0.0
+
+
+#: sy, tone, syllable_flag, word_segment, emotion, speaker: what ``SambertModel.infer`` takes for one sentence.
+_AmInputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class SambertVoice:
@@ -166,14 +170,8 @@ class SambertVoice:
         if isinstance(rate, int) and rate != self.sample_rate:
             raise EngineLoadError(f"voice {self.name!r}: {path} sampling_rate {rate} != model {self.sample_rate}")
 
-    def acoustic(
-        self,
-        encoded: EncodedSymbols,
-        speed: float = 1.0,
-        timings: dict[str, float] | None = None,
-        pitch_shift: float = 0.0,
-    ) -> AcousticOutput:
-        """Run the acoustic model on one sentence's id streams (the trailing end token is dropped here)."""
+    def _inputs(self, encoded: EncodedSymbols) -> _AmInputs:
+        """The acoustic model's id streams for one sentence (the trailing end token dropped)."""
 
         def ids(a: npt.NDArray[np.int64]) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(a[:-1]))
@@ -182,17 +180,22 @@ class SambertVoice:
         if self.se is not None:
             # The reference repeats the embedding once per token (the end token's row dropped with it).
             speaker = self.se.expand(speaker.shape[0], -1)
-        return self.am.infer(
-            ids(encoded.sy),
-            ids(encoded.tone),
-            ids(encoded.syllable_flag),
-            ids(encoded.word_segment),
-            ids(encoded.emotion),
-            speaker,
-            speed=speed,
-            timings=timings,
-            pitch_shift=pitch_shift,
-        )
+        return (ids(encoded.sy), ids(encoded.tone), ids(encoded.syllable_flag), ids(encoded.word_segment),
+                ids(encoded.emotion), speaker)
+
+    def acoustic(
+        self,
+        encoded: EncodedSymbols,
+        speed: float = 1.0,
+        timings: dict[str, float] | None = None,
+        pitch_shift: float = 0.0,
+    ) -> AcousticOutput:
+        """Run the acoustic model on one sentence's id streams."""
+        return self.am.infer(*self._inputs(encoded), speed=speed, timings=timings, pitch_shift=pitch_shift)
+
+    def acoustic_stream(self, encoded: EncodedSymbols, speed: float = 1.0, pitch_shift: float = 0.0) -> AcousticStream:
+        """Like ``acoustic``, the mel decoded chunk by chunk as it is iterated (``AcousticStream.chunks``)."""
+        return self.am.infer_stream(*self._inputs(encoded), speed=speed, pitch_shift=pitch_shift)
 
     def vocoder_input(self, mel: torch.Tensor) -> torch.Tensor:
         """The acoustic model's output as the vocoder takes it: for NSF voices f0 back in Hz and voicing 0/1."""
@@ -232,11 +235,14 @@ def _load_speaker_embedding(path: Path | None, units: int) -> torch.Tensor:
 class SambertEngine:
     """Implements the ``Engine`` protocol for a set of Sambert-HifiGan voices."""
 
-    def __init__(self, voices: list[SambertVoice], threads: int) -> None:
+    def __init__(self, voices: list[SambertVoice], threads: int, *, stream_chunk_frames: int = 32,
+                 stream_first_chunk_frames: int = 8) -> None:
         if not voices:
             raise EngineLoadError("no voices loaded")
         self._voices = {v.name: v for v in voices}
         self._threads = threads
+        self.stream_chunk_frames = stream_chunk_frames
+        self.stream_first_chunk_frames = stream_first_chunk_frames
         self._frontends: dict[str, Frontend] = {}
         self._lexicon: Mapping[str, str] = {}
         torch.set_num_threads(threads)
@@ -270,8 +276,9 @@ class SambertEngine:
         parts: list[npt.NDArray[np.float32]] = []
         stages = {"frontend": 0.0, "acoustic": 0.0, "vocoder": 0.0}
         rate = self._voice(voice).sample_rate
-        for piece in self.synthesize_stream(
-            text, voice, emotion, speed, input_format=input_format, pitch=pitch, volume_db=volume_db, seed=seed
+        for piece in self._pieces(
+            text, voice, emotion, speed, input_format=input_format, pitch=pitch, volume_db=volume_db, seed=seed,
+            chunk_frames=0,
         ):
             parts.append(piece.audio)
             for key, value in piece.stage_seconds.items():
@@ -283,8 +290,20 @@ class SambertEngine:
         self, text: str, voice: str, emotion: str, speed: float, *, input_format: InputFormat = "text",
         pitch: float = 0.0, volume_db: float = 0.0, seed: int | None = None,
     ) -> Iterator[Synthesis]:
-        """``seed`` makes a stochastic (NSF) voice's random excitation reproducible; without one it is drawn
-        fresh. Deterministic voices ignore it."""
+        """Audio in chunks of about ``stream_chunk_frames`` mel frames as the decoder makes them (each sentence's
+        first chunk ``stream_first_chunk_frames``), or whole sentences where ``stream_chunk_frames`` is 0. The
+        concatenation equals ``synthesize``'s audio up to float rounding. ``seed`` makes a
+        stochastic (NSF) voice's random excitation reproducible; without one it is drawn fresh. Deterministic voices
+        ignore it."""
+        return self._pieces(
+            text, voice, emotion, speed, input_format=input_format, pitch=pitch, volume_db=volume_db,
+            seed=seed, chunk_frames=self.stream_chunk_frames,
+        )
+
+    def _pieces(
+        self, text: str, voice: str, emotion: str, speed: float, *, input_format: InputFormat,
+        pitch: float, volume_db: float, seed: int | None, chunk_frames: int,
+    ) -> Iterator[Synthesis]:
         if input_format not in INPUT_FORMATS:
             raise EngineError(
                 f"input_format must be one of {', '.join(INPUT_FORMATS)}, got {input_format!r}", param="input_format"
@@ -305,6 +324,13 @@ class SambertEngine:
                 generator.seed()
             else:
                 generator.manual_seed(seed)
+        return self._run_sentences(v, text, emotion, speed, input_format, pitch, volume_db, generator, chunk_frames)
+
+    def _run_sentences(
+        self, v: SambertVoice, text: str, emotion: str, speed: float, input_format: InputFormat,
+        pitch: float, volume_db: float, generator: torch.Generator | None, chunk_frames: int,
+    ) -> Iterator[Synthesis]:
+        # A generator of its own, so that the checks above raise when the stream is asked for, not when it is read.
         torch.set_num_threads(self._threads)
         t0 = time.perf_counter()
         sentences = self._sentences(v, text, emotion, input_format)
@@ -312,16 +338,33 @@ class SambertEngine:
         encoded = [v.unit.encode_tokens(s.tokens) for s in sentences]
         frontend_s = time.perf_counter() - t0
         for sentence, ids in zip(sentences, encoded, strict=True):
+            # SSML <prosody> values add to the request's; the sum is kept in range (as rates are).
+            shift = min(PITCH_MAX, max(PITCH_MIN, pitch + sentence.pitch))
+            gain_db = min(VOLUME_DB_MAX, max(VOLUME_DB_MIN, volume_db + sentence.volume_db))
+            sentence_speed = speed * sentence.speed
+            # A gain is peak-limited over the whole sentence, so it needs all of the sentence's audio first.
+            # NSF voices' excitation is drawn over the whole sentence: they vocode per sentence.
+            chunked = chunk_frames > 0 and gain_db == 0.0 and v.f0_norm is None
+            vocoder = v.vocoder.stream() if chunked else None
+            if vocoder is not None:
+                for piece in self._chunks(v, ids, sentence_speed, shift, vocoder, chunk_frames):
+                    if frontend_s:
+                        piece = Synthesis(piece.audio, piece.sample_rate, {**piece.stage_seconds,
+                                                                           "frontend": frontend_s})
+                        frontend_s = 0.0
+                    yield piece
+                pause = round(max(sentence.pause_after_s, 0.0) * v.sample_rate)
+                if pause:
+                    yield Synthesis(np.zeros(pause, dtype=np.float32), v.sample_rate, {})
+                continue
             with torch.inference_mode():
                 t1 = time.perf_counter()
-                # SSML <prosody> values add to the request's; the sum is kept in range (as rates are).
-                shift = min(PITCH_MAX, max(PITCH_MIN, pitch + sentence.pitch))
-                am = v.acoustic(ids, speed=speed * sentence.speed, pitch_shift=shift)
+                am = v.acoustic(ids, speed=sentence_speed, pitch_shift=shift)
                 t2 = time.perf_counter()
                 wav = v.vocode(am.postnet_outputs, generator=generator)
                 t3 = time.perf_counter()
             # Each sentence is peak-limited on its own, so a streamed piece never waits for later audio.
-            wav = apply_gain(wav, min(VOLUME_DB_MAX, max(VOLUME_DB_MIN, volume_db + sentence.volume_db)))
+            wav = apply_gain(wav, gain_db)
             pause = round(max(sentence.pause_after_s, 0.0) * v.sample_rate)
             if pause:
                 wav = np.concatenate([wav, np.zeros(pause, dtype=np.float32)])
@@ -331,6 +374,28 @@ class SambertEngine:
                 stage_seconds={"frontend": frontend_s, "acoustic": t2 - t1, "vocoder": t3 - t2},
             )
             frontend_s = 0.0
+
+    def _chunks(
+        self, v: SambertVoice, ids: EncodedSymbols, speed: float, pitch_shift: float, vocoder: VocoderStream,
+        chunk_frames: int,
+    ) -> Iterator[Synthesis]:
+        """One sentence, chunk by chunk: decoder and postnet as far as the chunk needs, then the causal vocoder
+        carrying its state from the previous chunk."""
+        # Inference mode is entered per chunk, never held across a yield: the caller runs between chunks.
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            stream = v.acoustic_stream(ids, speed=speed, pitch_shift=pitch_shift)
+            mels = stream.chunks(self.stream_first_chunk_frames, chunk_frames)
+        while True:
+            with torch.inference_mode():
+                mel = next(mels, None)
+                t1 = time.perf_counter()
+                if mel is None:
+                    return
+                wav = vocoder.push(mel).numpy().astype(np.float32, copy=False)
+            t2 = time.perf_counter()
+            yield Synthesis(wav, v.sample_rate, {"acoustic": t1 - t0, "vocoder": t2 - t1})
+            t0 = time.perf_counter()
 
     # -- SupportsLexicon ---------------------------------------------------------------------------------------
 
@@ -462,4 +527,5 @@ def load_sambert_engine(settings: Settings) -> SambertEngine:
             if not voice.vocoder.use_bfloat16():
                 logger.warning("voice %s: vocoder_precision=bf16 needs a causal vocoder and native CPU bf16 "
                                "support; running the vocoder in fp32", voice.name)
-    return SambertEngine(voices, cfg.torch_threads)
+    return SambertEngine(voices, cfg.torch_threads, stream_chunk_frames=settings.engine.stream_chunk_frames,
+                         stream_first_chunk_frames=settings.engine.stream_first_chunk_frames)

@@ -8,7 +8,7 @@ parameters (``weight_g``/``weight_v``); they are folded into plain weights once,
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -245,6 +245,13 @@ class HifiGanGenerator(nn.Module):
         self._nwc.to(torch.bfloat16)
         return True
 
+    def stream(self) -> VocoderStream | None:
+        """A chunked vocoding session for one sentence, or None where chunks cannot equal the whole: a
+        non-causal generator looks ahead (and only the causal fast path carries its state)."""
+        if self._nwc is None:
+            return None
+        return VocoderStream(self._nwc)
+
     def forward(self, mel: Tensor) -> Tensor:
         """``mel``: [frames, in_channels] -> waveform [frames * hop]."""
         if self._nwc is not None:
@@ -321,16 +328,18 @@ class _NwcPlan:
         self.up = [(kernel.to(dtype), bias.to(dtype)) for kernel, bias in self.up]
         self.blocks = [[(cast(c1), cast(c2)) for c1, c2 in block] for block in self.blocks]
 
-    def run(self, mel: Tensor) -> Tensor:
+    def run(self, mel: Tensor, conv: Callable[[Tensor, _ConvPlan], Tensor] = _conv) -> Tensor:
+        """``mel`` [frames, mels] -> waveform [frames * hop]. ``conv`` runs every convolution in order (the
+        streaming path passes one that carries each convolution's past input between chunks)."""
         slope = self.slope
         # [frames, mels] transposed is already the channels-last memory layout of [1, mels, 1, frames].
-        x = _conv(mel.to(self.dtype).t()[None, :, None, :], self.pre)
+        x = conv(mel.to(self.dtype).t()[None, :, None, :], self.pre)
         for i, scale in enumerate(self.scales):
             x = torch.sin(x).add_(x)
             act = F.leaky_relu(x, slope)
             kernel, bias = self.up[i]
             length = act.shape[-1]
-            phases = F.conv2d(act, kernel, bias, padding=(0, kernel.shape[-1] - 1))[..., :length]
+            phases = conv(act, (kernel, bias, 1, kernel.shape[-1] - 1))
             # Channels-last memory of [1, scale * C, 1, T] with channels ordered (phase, channel) is exactly that
             # of [1, C, 1, T * scale]: interleaving the phases is a view.
             x = phases.permute(0, 2, 3, 1).reshape(1, 1, length * scale, -1).permute(0, 3, 1, 2)
@@ -338,13 +347,48 @@ class _NwcPlan:
             for block in self.blocks[i * self.n_kernels : (i + 1) * self.n_kernels]:
                 y = x
                 for c1, c2 in block:
-                    yt = _conv(F.leaky_relu(y, slope), c1)
-                    y = _conv(F.leaky_relu_(yt, slope), c2).add_(y)
+                    yt = conv(F.leaky_relu(y, slope), c1)
+                    y = conv(F.leaky_relu_(yt, slope), c2).add_(y)
                 xs = y if xs is None else xs.add_(y)
             assert xs is not None
             x = xs.div_(self.n_kernels)
-        x = _conv(F.leaky_relu(x), self.post)
+        x = conv(F.leaky_relu(x), self.post)
         return torch.tanh(x).reshape(-1).float()
+
+
+class VocoderStream:
+    """Chunked vocoding of one sentence: ``push`` mel frames in order, get their samples at once.
+
+    Every convolution of the causal generator keeps the last ``(kernel - 1) * dilation`` samples of its input
+    (zeros at the start: the whole-sentence padding), so each output sample sees exactly the inputs it sees in
+    one pass over the whole sentence; the upsampling runs as a causal polyphase convolution (see ``_polyphase``)
+    and is kept the same way. The concatenated output equals ``HifiGanGenerator.forward`` of the concatenated mel
+    up to float rounding: no overlap, no cross-fade.
+    """
+
+    def __init__(self, plan: _NwcPlan) -> None:
+        self._plan = plan
+        self._caches: list[Tensor | None] = []
+        self._index = 0
+
+    def push(self, mel: Tensor) -> Tensor:
+        """``mel`` [frames, mels] -> waveform [frames * hop]."""
+        if mel.shape[0] == 0:
+            return mel.new_zeros(0)
+        self._index = 0
+        return self._plan.run(mel, self._conv)
+
+    def _conv(self, x: Tensor, plan: _ConvPlan) -> Tensor:
+        weight, bias, dilation, left = plan
+        i = self._index
+        self._index += 1
+        if i == len(self._caches):
+            self._caches.append(x.new_zeros(*x.shape[:-1], left) if left else None)
+        past = self._caches[i]
+        if past is not None:
+            x = torch.cat([past, x], dim=-1)
+            self._caches[i] = x[..., x.shape[-1] - left :].contiguous(memory_format=torch.channels_last)
+        return F.conv2d(x, weight, bias, dilation=(1, dilation))
 
 
 def _native_bf16() -> bool:
