@@ -46,7 +46,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def engine(model_dir: Path) -> SambertEngine:
-    return load_sambert_engine(load_settings(model={"model_dir": str(model_dir)}))
+    # Sentence-level streaming: these tests are about sentences (frame chunks: tests/test_stream_engine.py).
+    return load_sambert_engine(load_settings(model={"model_dir": str(model_dir)}, engine={"stream_chunk_frames": 0}))
 
 
 def test_load_engine_by_name_and_protocol(model_dir: Path) -> None:
