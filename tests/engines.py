@@ -10,7 +10,9 @@ Every job that runs appends ``pid<TAB>text`` (text backslash-escaped) to the fil
 (if set), so tests can check what ran and where; a job whose ``input_format`` is not ``text`` logs
 ``pid<TAB>format<TAB>text``; a job with a non-default pitch or volume is logged with
 ``pitch=P volume_db=V<TAB>`` before the format (or text). Volume is applied with the real gain (``apply_gain``),
-pitch raises the tone by P semitones (any audible, deterministic change will do for a test engine).
+pitch raises the tone by P semitones (any audible, deterministic change will do for a test engine). A job with a
+``seed`` is logged with ``seed=N<TAB>`` in front of all that. ``stochastic_engine`` adds a personal voice ``gamma``
+whose audio carries random noise (like an NSF excitation), fixed by the seed when there is one.
 ``input_format="ssml"`` must be a well-formed ``<speak>`` document (no DTD) and speaks its text content;
 ``input_format="symbols"`` must be ``{...}`` tokens. Otherwise the engine refuses it as a client error, like the
 real engine.
@@ -39,6 +41,10 @@ VOICES = {
     "alpha": VoiceInfo("alpha", ("neutral", "happy", "sad"), "neutral", SAMPLE_RATE),
     "beta": VoiceInfo("beta", ("neutral", "angry"), "neutral", SAMPLE_RATE),
 }
+STOCHASTIC_VOICES = {
+    **VOICES,
+    "gamma": VoiceInfo("gamma", ("neutral",), "neutral", SAMPLE_RATE, kind="personal", stochastic=True),
+}
 
 _DIRECTIVE = re.compile(r"\[([a-z]+)(?:=([0-9.]+))?\]")
 _LEAKED: list[bytearray] = []
@@ -47,12 +53,13 @@ _LEAKED: list[bytearray] = []
 class ToneEngine:
     """Speaks a sine tone whose pitch depends on voice and emotion and whose length depends on the text."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, voices: Mapping[str, VoiceInfo] = VOICES) -> None:
         self.settings = settings
         self.warmed = False
+        self._voices = voices
 
     def voices(self) -> Mapping[str, VoiceInfo]:
-        return VOICES
+        return self._voices
 
     def warm_up(self) -> None:
         self.synthesize("warm up", "alpha", "neutral", 1.0)
@@ -60,10 +67,10 @@ class ToneEngine:
 
     def synthesize(
         self, text: str, voice: str, emotion: str, speed: float, *, input_format: InputFormat = "text",
-        pitch: float = 0.0, volume_db: float = 0.0,
+        pitch: float = 0.0, volume_db: float = 0.0, seed: int | None = None,
     ) -> Synthesis:
         pieces = list(self.synthesize_stream(
-            text, voice, emotion, speed, input_format=input_format, pitch=pitch, volume_db=volume_db
+            text, voice, emotion, speed, input_format=input_format, pitch=pitch, volume_db=volume_db, seed=seed
         ))
         audio = np.concatenate([p.audio for p in pieces]).astype(np.float32)
         stages: dict[str, float] = {}
@@ -74,17 +81,22 @@ class ToneEngine:
 
     def synthesize_stream(
         self, text: str, voice: str, emotion: str, speed: float, *, input_format: InputFormat = "text",
-        pitch: float = 0.0, volume_db: float = 0.0,
+        pitch: float = 0.0, volume_db: float = 0.0, seed: int | None = None,
     ) -> Iterator[Synthesis]:
+        voices = self._voices
         if input_format not in INPUT_FORMATS:
             raise EngineError(f"unknown input_format {input_format!r}", param="input_format")
-        if voice not in VOICES:
+        if voice not in voices:
             raise EngineError(f"unknown voice {voice!r}", param="voice")
-        if emotion not in VOICES[voice].emotions:
+        if emotion not in voices[voice].emotions:
             raise EngineError(f"unknown emotion {emotion!r}", param="emotion")
         logged = text if input_format == "text" else f"{input_format}\t{text}"
         if pitch != 0.0 or volume_db != 0.0:
             logged = f"pitch={pitch:g} volume_db={volume_db:g}\t{logged}"
+        if seed is not None:
+            logged = f"seed={seed}\t{logged}"
+        # One generator per request, as in the real engine: a seed fixes the whole audio.
+        rng = np.random.default_rng(seed) if voices[voice].stochastic else None
         self._log(logged)
         if input_format == "ssml":
             text = _ssml_text(text)
@@ -107,7 +119,7 @@ class ToneEngine:
         body = _DIRECTIVE.sub("", text)
         # Line breaks end a sentence, as in the real frontend: a text's newlines change its audio.
         sentences = [s for s in re.split(r"(?<=[。！？.!?\n\r\u2028\u2029])", body) if s.strip()] or [body or " "]
-        base = 220.0 + 40.0 * list(VOICES).index(voice) + 20.0 * VOICES[voice].emotions.index(emotion)
+        base = 220.0 + 40.0 * list(voices).index(voice) + 20.0 * voices[voice].emotions.index(emotion)
         base *= 2.0 ** (pitch / 12.0)
         for sentence in sentences:
             t0 = time.perf_counter()
@@ -115,7 +127,10 @@ class ToneEngine:
                 time.sleep(sleep)
             n = max(1, int(len(sentence) * SECONDS_PER_CHAR * SAMPLE_RATE / speed))
             t = np.arange(n, dtype=np.float32) / SAMPLE_RATE
-            audio = apply_gain((0.3 * np.sin(2 * np.pi * base * t)).astype(np.float32), volume_db)
+            wave = 0.3 * np.sin(2 * np.pi * base * t)
+            if rng is not None:
+                wave += 0.01 * rng.standard_normal(n)
+            audio = apply_gain(wave.astype(np.float32), volume_db)
             yield Synthesis(audio, SAMPLE_RATE, {"frontend": 0.0, "acoustic": time.perf_counter() - t0,
                                                  "vocoder": 0.0})
 
@@ -139,6 +154,10 @@ def _ssml_text(document: str) -> str:
 
 def tone_engine(settings: Settings) -> ToneEngine:
     return ToneEngine(settings)
+
+
+def stochastic_engine(settings: Settings) -> ToneEngine:
+    return ToneEngine(settings, STOCHASTIC_VOICES)
 
 
 def broken_engine(settings: Settings) -> ToneEngine:

@@ -85,6 +85,45 @@ async def test_cache_hit_is_identical_and_skips_the_pool(make_settings: Callable
         assert 'tts_cache_lookups_total{result="miss"} 11.0' in metrics
 
 
+async def test_a_stochastic_voice_is_cached_only_with_a_seed(make_settings: Callable[..., Settings],
+                                                             engine_log: Path) -> None:
+    settings = make_settings(engine={"name": "tests.engines:stochastic_engine"}, pool={"workers": 1},
+                             cache={"enabled": True})
+    async with running_app(settings) as (_, client):
+        body = {"text": "你好。", "voice": "gamma", "format": "wav"}
+        unseeded = [await client.post("/v1/synthesize", json=body) for _ in range(2)]
+        assert [r.headers["x-cache"] for r in unseeded] == ["miss", "miss"]
+        assert unseeded[0].content != unseeded[1].content  # fresh draws each time: a stored answer would be wrong
+        assert jobs(engine_log) == ["你好。", "你好。"]
+        seeded = [await client.post("/v1/synthesize", json={**body, "seed": 7}) for _ in range(2)]
+        assert [r.headers["x-cache"] for r in seeded] == ["miss", "hit"]
+        assert seeded[0].content == seeded[1].content
+        other = await client.post("/v1/synthesize", json={**body, "seed": 8})
+        assert other.headers["x-cache"] == "miss"
+        assert other.content != seeded[0].content
+        assert jobs(engine_log)[2:] == ["seed=7\t你好。", "seed=8\t你好。"]
+        # The OpenAI route takes the seed as an extension and shares the entry.
+        speech = {"model": "tts-1", "input": "你好。", "voice": "gamma", "response_format": "wav"}
+        r = await client.post("/v1/audio/speech", json={**speech, "seed": 7})
+        assert (r.headers["x-cache"], r.content) == ("hit", seeded[0].content)
+        r = await client.post("/v1/audio/speech", json=speech)
+        assert r.headers["x-cache"] == "miss"
+        # Unseeded streams are neither looked up nor stored either.
+        stream = {**body, "format": "pcm", "stream": True}
+        assert [(await client.post("/v1/synthesize", json=stream)).headers["x-cache"] for _ in range(2)] == [
+            "miss", "miss"]
+        assert len(jobs(engine_log)) == 7
+        # A deterministic voice ignores the seed: not sent to the engine, not part of its cache key.
+        plain = {"text": "你好。", "voice": "alpha", "format": "wav"}
+        first = await client.post("/v1/synthesize", json=plain)
+        again = await client.post("/v1/synthesize", json={**plain, "seed": 3})
+        assert (first.headers["x-cache"], again.headers["x-cache"]) == ("miss", "hit")
+        assert jobs(engine_log)[7:] == ["你好。"]
+        for bad in (-1, 2**63, 1.5):
+            r = await client.post("/v1/synthesize", json={**body, "seed": bad})
+            assert r.status_code == 422, bad
+
+
 async def test_the_cache_never_changes_the_text_the_engine_gets(make_settings: Callable[..., Settings],
                                                                 engine_log: Path) -> None:
     # The newline is a sentence break for the frontend (and the test engine): it changes the audio.
@@ -336,7 +375,7 @@ def test_key_digest_distinguishes_every_field(tmp_path: Path) -> None:
     base: dict[str, Any] = dict(text="a", voice="v", emotion="e", speed=1.0, fmt="wav", sample_rate=16000)
     changes = [("text", "b"), ("text", "a "), ("text", "a\n"), ("text", "\u00e9"), ("text", "e\u0301"),
                ("text", "\ud800"), ("text", "\udfff"), ("voice", "w"), ("emotion", "f"), ("speed", 1.0000001),
-               ("speed", 1.5), ("fmt", "pcm"), ("sample_rate", 8000)]
+               ("speed", 1.5), ("fmt", "pcm"), ("sample_rate", 8000), ("seed", 0), ("seed", 1)]
     digests = [cache.key(**base).digest()] + [cache.key(**{**base, f: v}).digest() for f, v in changes]
     assert len(set(digests)) == len(digests)
     assert AudioCache(_cache_settings(tmp_path, revision="2")).key(**base).digest() not in digests

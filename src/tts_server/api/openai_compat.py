@@ -187,7 +187,7 @@ def _resolve(body: SpeechRequest, ex: Exchange, pcm_24khz: bool | None) -> tuple
         # Only reachable with an unusual model rate; the closest codec rate above keeps the quality.
         rate = min((r for r in allowed if r >= rate), default=allowed[-1])
     job = ex.job_for(text=body.input, input_format=body.input_format, voice=info.name, emotion=emotion,
-                     speed=speed, rate=rate)
+                     speed=speed, rate=rate, stochastic=info.stochastic, seed=body.seed)
     return job, headers
 
 

@@ -62,7 +62,8 @@ def _resolve(body: SynthesizeRequest, ex: Exchange) -> SpeechJob:
         raise invalid(errors.UNSUPPORTED_STREAM_FORMAT, f"streaming supports formats {', '.join(STREAMABLE)}, "
                       f"not {body.format}", "format")
     return ex.job_for(text=body.text, input_format=body.input_format, voice=info.name, emotion=emotion,
-                      speed=body.speed, rate=rate, pitch=body.pitch, volume_db=body.volume)
+                      speed=body.speed, rate=rate, pitch=body.pitch, volume_db=body.volume,
+                      stochastic=info.stochastic, seed=body.seed)
 
 
 @router.post(

@@ -10,6 +10,12 @@ from tts_server.inference.engine import PITCH_MAX, PITCH_MIN, VOLUME_DB_MAX, VOL
 
 SPEED_MIN = 0.5
 SPEED_MAX = 2.0
+#: Largest ``seed`` a request may send (the engine seeds a 64-bit generator).
+SEED_MAX: Final = 2**63 - 1
+SEED_DOC: Final = ("Fixes the random draws of a stochastic voice (`stochastic` in GET /v1/voices: personal voices, "
+                   "whose NSF vocoder excitation is random), so the same request gives the same audio; such a "
+                   "voice's audio is cached only when a seed is given. Deterministic voices ignore it (it is not "
+                   "part of their cache key).")
 
 SynthesisFormat = Literal["wav", "pcm", "flac", "mp3", "ogg", "opus"]
 
@@ -63,6 +69,7 @@ class SynthesizeRequest(BaseModel):
         ge=8000, le=48000,
     )
     stream: bool = Field(False, description="Send audio sentence by sentence as it is synthesised (chunked).")
+    seed: int | None = Field(None, ge=0, le=SEED_MAX, description=SEED_DOC)
 
 
 OPENAI_SPEED_MIN: Final = 0.25
@@ -77,7 +84,7 @@ class VoiceRef(BaseModel):
 
 
 class SpeechRequest(BaseModel):
-    """OpenAI's ``POST /v1/audio/speech`` body, plus our ``emotion`` and ``input_format`` extensions."""
+    """OpenAI's ``POST /v1/audio/speech`` body, plus our ``emotion``, ``input_format`` and ``seed`` extensions."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -100,6 +107,7 @@ class SpeechRequest(BaseModel):
     emotion: str | None = Field(None, description="Extension: one of the voice's emotions (wins over "
                                                   "instructions).")
     input_format: InputFormat = Field("text", description="Extension: " + _INPUT_FORMAT_DOC)
+    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="Extension: " + SEED_DOC)
 
 
 class ModelObject(BaseModel):

@@ -57,13 +57,21 @@ class SpeechJob:
     lexicon: Lexicon = field(default_factory=Lexicon)
     pitch: float = 0.0
     volume_db: float = 0.0
+    #: The voice's audio depends on random draws (``VoiceInfo.stochastic``).
+    stochastic: bool = False
+    #: Fixes those draws; always None for a deterministic voice (it would change nothing, so it is neither sent
+    #: to the worker nor part of the cache key).
+    seed: int | None = None
 
     def cache_key(self, state: AppState) -> CacheKey | None:
-        if state.cache is None:
+        """The job's cache key, or None when its audio must not be cached: no cache, or a stochastic voice
+        without a seed (each such request gets fresh draws, so a stored answer would be the wrong one)."""
+        if state.cache is None or (self.stochastic and self.seed is None):
             return None
         return state.cache.key(text=self.text, input_format=self.input_format, voice=self.voice,
                                emotion=self.emotion, speed=self.speed, fmt=self.fmt, sample_rate=self.rate,
-                               lexicon=self.lexicon.fingerprint, pitch=self.pitch, volume_db=self.volume_db)
+                               lexicon=self.lexicon.fingerprint, pitch=self.pitch, volume_db=self.volume_db,
+                               seed=self.seed)
 
 
 # --- resolving ----------------------------------------------------------------------------------------------
@@ -126,10 +134,12 @@ class Exchange:
         self._recorded = False
 
     def job_for(self, *, text: str, input_format: InputFormat, voice: str, emotion: str, speed: float,
-                rate: int, pitch: float = 0.0, volume_db: float = 0.0) -> SpeechJob:
+                rate: int, pitch: float = 0.0, volume_db: float = 0.0, stochastic: bool = False,
+                seed: int | None = None) -> SpeechJob:
         self.job = SpeechJob(text=text, input_format=input_format, voice=voice, emotion=emotion, speed=speed,
                              fmt=self.fmt, rate=rate, request_id=self.request_id, route=self.route,
-                             lexicon=self.state.lexicon.current, pitch=pitch, volume_db=volume_db)
+                             lexicon=self.state.lexicon.current, pitch=pitch, volume_db=volume_db,
+                             stochastic=stochastic, seed=seed if stochastic else None)
         return self.job
 
     @contextlib.contextmanager
@@ -198,7 +208,8 @@ def audio_headers(item: CachedAudio, hit: bool, job: SpeechJob) -> dict[str, str
 def _submit(state: AppState, job: SpeechJob, *, stream: bool) -> JobHandle:
     return state.pool.submit(text=job.text, input_format=job.input_format, voice=job.voice, emotion=job.emotion,
                              speed=job.speed, request_id=job.request_id, stream=stream,
-                             lexicon_version=job.lexicon.version, pitch=job.pitch, volume_db=job.volume_db)
+                             lexicon_version=job.lexicon.version, pitch=job.pitch, volume_db=job.volume_db,
+                             seed=job.seed)
 
 
 async def _produce(state: AppState, job: SpeechJob) -> CachedAudio:

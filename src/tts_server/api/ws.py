@@ -30,7 +30,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from tts_server.api import errors
 from tts_server.api.errors import ApiError, api_error, validation_error
-from tts_server.api.schemas import SPEED_MAX, SPEED_MIN
+from tts_server.api.schemas import SEED_MAX, SPEED_MAX, SPEED_MIN
 from tts_server.api.security import admit
 from tts_server.api.serving import check_emotion, check_rate, voice_info
 from tts_server.api.state import AppState
@@ -52,7 +52,7 @@ ERROR_CLOSE_BASE: Final = 4000
 
 PROTOCOL: Final = """
 **WebSocket `/v1/tts/ws`** (OpenAPI cannot describe WebSockets; README.md has the full protocol): speech for text
-that arrives piece by piece. Send `{"type": "start", "voice", "emotion", "speed", "pitch", "volume",
+that arrives piece by piece. Send `{"type": "start", "voice", "emotion", "speed", "pitch", "volume", "seed",
 "format": "pcm", "sample_rate", "api_key"}` first (every field optional; `api_key` when auth is on and no
 `Authorization` header was sent), then `{"type": "text", "text": "..."}` deltas, `{"type": "flush"}` (speak what is
 pending), `{"type": "cancel"}` (drop pending text and stop the current clause at its next chunk) and
@@ -78,6 +78,8 @@ class StartMessage(_Message):
     speed: float = Field(1.0, ge=SPEED_MIN, le=SPEED_MAX)
     pitch: float = Field(0.0, ge=PITCH_MIN, le=PITCH_MAX)
     volume: float = Field(0.0, ge=VOLUME_DB_MIN, le=VOLUME_DB_MAX)
+    #: A stochastic voice's seed, the same for every clause of the session; deterministic voices ignore it.
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
     #: Only raw PCM: libsndfile (our encoder) writes whole Ogg files, so opus cannot go out frame by frame.
     format: str = "pcm"
     sample_rate: int | None = Field(None, ge=8000, le=48000)
@@ -161,6 +163,7 @@ class Session:
         self.start: StartMessage | None = None
         self.voice = ""
         self.emotion = ""
+        self.seed: int | None = None
         self.rate = 0
         self._queue: asyncio.Queue[_Clause | None] = asyncio.Queue()
         self._queued_chars = 0
@@ -255,6 +258,7 @@ class Session:
         info = voice_info(self.state, start.voice)
         self.emotion = check_emotion(info, start.emotion)
         self.voice = info.name
+        self.seed = start.seed if info.stochastic else None
         if start.format != "pcm":
             known = "opus is not offered: the audio encoder (libsndfile) writes whole Ogg files, not packets" \
                 if start.format in FORMATS else f"unknown format {start.format!r}"
@@ -357,7 +361,8 @@ class Session:
             handle = state.pool.submit(
                 text=clause.text, voice=self.voice, emotion=self.emotion, speed=start.speed,
                 request_id=f"{self.session_id}-{clause.index}", stream=True,
-                lexicon_version=state.lexicon.current.version, pitch=start.pitch, volume_db=start.volume)
+                lexicon_version=state.lexicon.current.version, pitch=start.pitch, volume_db=start.volume,
+                seed=self.seed)
         except PoolError as exc:
             metrics.requests.labels(self.voice, self.emotion, api_error(exc).kind.outcome).inc()
             raise

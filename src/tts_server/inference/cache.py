@@ -80,6 +80,9 @@ class CacheKey:
     #: Prosody (pitch shift, gain in dB): in the digest only when set, for the same reason as ``lexicon``.
     pitch: float = 0.0
     volume_db: float = 0.0
+    #: A stochastic voice's seed (unseeded audio of such a voice is never cached, so it has no key); in the
+    #: digest only when set, like ``lexicon``.
+    seed: int | None = None
 
     def digest(self) -> str:
         fields = [self.text, self.input_format, self.voice, self.emotion, repr(float(self.speed)), self.format,
@@ -88,6 +91,8 @@ class CacheKey:
             fields.append(self.lexicon)
         if self.pitch != 0.0 or self.volume_db != 0.0:
             fields.append(f"prosody:{float(self.pitch)!r}:{float(self.volume_db)!r}")
+        if self.seed is not None:
+            fields.append(f"seed:{int(self.seed)}")
         # ASCII escapes: any Python str hashes, even one no request validator should have let through.
         return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
 
@@ -298,9 +303,10 @@ class AudioCache:
                      self._disk.directory)
 
     def key(self, *, text: str, voice: str, emotion: str, speed: float, fmt: str, sample_rate: int,
-            input_format: str = "text", lexicon: str = "", pitch: float = 0.0, volume_db: float = 0.0) -> CacheKey:
+            input_format: str = "text", lexicon: str = "", pitch: float = 0.0, volume_db: float = 0.0,
+            seed: int | None = None) -> CacheKey:
         return CacheKey(text, input_format, voice, emotion, float(speed), fmt, sample_rate, self.revision, lexicon,
-                        float(pitch), float(volume_db))
+                        float(pitch), float(volume_db), seed)
 
     @property
     def memory_bytes(self) -> int:

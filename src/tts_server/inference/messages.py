@@ -39,6 +39,8 @@ class Job:
     #: Prosody on top of the text's own (``Engine.synthesize``): pitch shift in model units, gain in dB.
     pitch: float = 0.0
     volume_db: float = 0.0
+    #: Fixes a stochastic voice's random draws (``Engine.synthesize``); None draws them fresh.
+    seed: int | None = None
 
 
 @dataclass(frozen=True)

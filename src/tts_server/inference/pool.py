@@ -485,7 +485,7 @@ class WorkerPool:
         self, *, text: str, voice: str, emotion: str, speed: float, request_id: str, stream: bool = False,
         timeout_s: float | None = None, input_format: InputFormat = "text",
         kind: Literal["synthesize", "preview"] = "synthesize", lexicon_version: int = 0, pitch: float = 0.0,
-        volume_db: float = 0.0,
+        volume_db: float = 0.0, seed: int | None = None,
     ) -> JobHandle:
         """Admit a job or raise at once (``NotReady``, ``Overloaded``); never waits."""
         if self._draining:
@@ -496,7 +496,7 @@ class WorkerPool:
         job = Job(
             job_id=next(self._ids), request_id=request_id, text=text, voice=voice, emotion=emotion, speed=speed,
             deadline=time.monotonic() + timeout, stream=stream, input_format=input_format, kind=kind,
-            lexicon_version=lexicon_version, pitch=pitch, volume_db=volume_db,
+            lexicon_version=lexicon_version, pitch=pitch, volume_db=volume_db, seed=seed,
         )
         loop = asyncio.get_running_loop()
         handle = JobHandle(job, loop)

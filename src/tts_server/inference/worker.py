@@ -200,4 +200,6 @@ def _prosody(job: Job) -> dict[str, Any]:
         out["pitch"] = job.pitch
     if job.volume_db != 0.0:
         out["volume_db"] = job.volume_db
+    if job.seed is not None:
+        out["seed"] = job.seed
     return out
