@@ -131,6 +131,11 @@ async def test_voices_info_and_health(make_settings: Callable[..., Settings]) ->
         assert voices["default_voice"] == "alpha"
         assert [v["name"] for v in voices["voices"]] == ["alpha", "beta"]
         assert voices["voices"][1]["emotions"] == ["neutral", "angry"]
+        assert [(v["kind"], v["stochastic"], v["sample_rate"]) for v in voices["voices"]] == [
+            ("built-in", False, 16000)] * 2
+        schema = (await client.get("/openapi.json")).json()["components"]["schemas"]["VoiceModel"]
+        assert {"name", "kind", "stochastic", "sample_rate", "emotions"} <= set(schema["required"])
+        assert schema["properties"]["kind"]["enum"] == ["built-in", "personal"]
         info = (await client.get("/v1/info")).json()
         assert info["max_text_chars"] == 500
         for _ in range(100):

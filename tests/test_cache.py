@@ -90,6 +90,9 @@ async def test_a_stochastic_voice_is_cached_only_with_a_seed(make_settings: Call
     settings = make_settings(engine={"name": "tests.engines:stochastic_engine"}, pool={"workers": 1},
                              cache={"enabled": True})
     async with running_app(settings) as (_, client):
+        voices = {v["name"]: v for v in (await client.get("/v1/voices")).json()["voices"]}
+        assert (voices["gamma"]["kind"], voices["gamma"]["stochastic"]) == ("personal", True)
+        assert (voices["alpha"]["kind"], voices["alpha"]["stochastic"]) == ("built-in", False)
         body = {"text": "你好。", "voice": "gamma", "format": "wav"}
         unseeded = [await client.post("/v1/synthesize", json=body) for _ in range(2)]
         assert [r.headers["x-cache"] for r in unseeded] == ["miss", "miss"]

@@ -104,7 +104,7 @@ async def raw_audio(live: LiveStream) -> AsyncIterator[bytes]:
 
 
 @router.get("/v1/voices", response_model=VoicesResponse, tags=["synthesis"],
-            responses={**errors.openapi_errors(503), **GUARDED_ERRORS}, summary="Voices and their emotions",
+            responses={**errors.openapi_errors(503), **GUARDED_ERRORS}, summary="Voices: kind, sample rate, emotions",
             dependencies=[Depends(authenticated)])
 async def voices(request: Request) -> VoicesResponse:
     pool = app_state(request).pool
@@ -112,7 +112,8 @@ async def voices(request: Request) -> VoicesResponse:
         raise NotReady(5, "no worker is ready")
     return VoicesResponse(
         default_voice=next(iter(pool.voices)),
-        voices=[VoiceModel(name=v.name, emotions=list(v.emotions), core_emotions=core_emotions(v.emotions),
+        voices=[VoiceModel(name=v.name, kind=v.kind,
+                           stochastic=v.stochastic, emotions=list(v.emotions), core_emotions=core_emotions(v.emotions),
                            emotion_labels=emotion_labels(v.emotions), default_emotion=v.default_emotion,
                            sample_rate=v.sample_rate, preview_text=v.preview_text) for v in pool.voices.values()],
     )

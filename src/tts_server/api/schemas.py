@@ -6,7 +6,14 @@ from typing import Annotated, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from tts_server.inference.engine import PITCH_MAX, PITCH_MIN, VOLUME_DB_MAX, VOLUME_DB_MIN, InputFormat
+from tts_server.inference.engine import (
+    PITCH_MAX,
+    PITCH_MIN,
+    VOLUME_DB_MAX,
+    VOLUME_DB_MIN,
+    InputFormat,
+    VoiceKind,
+)
 
 SPEED_MIN = 0.5
 SPEED_MAX = 2.0
@@ -124,6 +131,11 @@ class ModelList(BaseModel):
 
 class VoiceModel(BaseModel):
     name: str
+    kind: VoiceKind = Field(description="`built-in`: a voice of the model directory; `personal`: a fine-tuned voice "
+                                        "added by `[[voices.extra]]` in the settings.")
+    stochastic: bool = Field(description="The audio depends on random draws (a personal voice's NSF excitation): "
+                                         "the same request gives the same audio only with a `seed`, and without "
+                                         "one it is never cached.")
     emotions: list[str] = Field(description="Every emotion the voice accepts, in the model's order.")
     core_emotions: list[str] = Field(description="The voice's emotions that are its core ones (neutral, happy, "
                                                  "angry, sad, fear, surprise, disgust, hate), in that order; "
@@ -131,7 +143,7 @@ class VoiceModel(BaseModel):
     emotion_labels: dict[str, str] = Field(description="A Chinese display label for each of the voice's emotions "
                                                        "(the name itself where none is known).")
     default_emotion: str
-    sample_rate: int
+    sample_rate: int = Field(description="The voice's native sample rate in Hz (a request's default).")
     preview_text: str
 
 

@@ -28,6 +28,9 @@ INPUT_FORMATS: tuple[InputFormat, ...] = get_args(InputFormat)
 #: statistics, which published models do not ship). The range keeps the shifted pitch within what the pitch
 #: embedding saw in training.
 PITCH_MIN, PITCH_MAX = -2.0, 2.0
+#: Where a voice comes from: ``built-in`` (the model directory's voices) or ``personal`` (a fine-tuned voice added in
+#: the settings).
+VoiceKind = Literal["built-in", "personal"]
 #: ``volume_db``: gain in dB applied to the waveform, with clipping protection (``audio.apply_gain``).
 VOLUME_DB_MIN, VOLUME_DB_MAX = -40.0, 20.0
 
@@ -60,7 +63,7 @@ class VoiceInfo:
     sample_rate: int
     preview_text: str = "欢迎使用语音合成服务。"
     #: ``built-in`` (from the model directory) or ``personal`` (a fine-tuned voice added in the settings).
-    kind: str = "built-in"
+    kind: VoiceKind = "built-in"
     #: The audio depends on random draws (NSF excitation): reproducible only with a request ``seed``.
     stochastic: bool = False
 

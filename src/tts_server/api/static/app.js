@@ -303,7 +303,8 @@
     for (const voice of data.voices) {
       const option = document.createElement("option");
       option.value = voice.name;
-      option.textContent = voice.name;
+      // Personal (fine-tuned) voices are marked so they stand out beside the model's own.
+      option.textContent = voice.kind === "personal" ? `${voice.name} · 个人 personal` : voice.name;
       el.voice.append(option);
     }
     el.voice.value = state.voices.has(previous) ? previous : (data.default_voice || data.voices[0]?.name || "");

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import yaml
 
-from tts_server.inference.engine import EngineLoadError
+from tts_server.inference.engine import EngineLoadError, VoiceKind
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class VoiceFiles:
     se: Path | None = None
     mvn: Path | None = None
     #: ``built-in`` (listed in the model directory) or ``personal`` (added by ``[[voices.extra]]``).
-    kind: str = "built-in"
+    kind: VoiceKind = "built-in"
 
 
 def resolve_model_dir(model_dir: Path | None, model_id: str, download_dir: Path) -> Path:
