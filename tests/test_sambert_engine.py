@@ -18,6 +18,7 @@ from tts_server.inference.loading import load_engine
 from tts_server.inference.sambert import engine as sambert_engine
 from tts_server.inference.sambert.engine import SambertEngine, load_sambert_engine
 from tts_server.inference.sambert.linguistic import EMOTION_TYPES, SPECIALS
+from tts_server.inference.timestamps import Unit
 
 
 def _tokens(emotion: str = "neutral", speaker: str = "F7") -> str:
@@ -211,6 +212,8 @@ class _FakeUtterance:
     pause_after_s: float = 0.0
     pitch: float = 0.0
     volume_db: float = 0.0
+    units: tuple[Unit, ...] = ()  # none: the engine times the syllables of the symbols
+    marks_end: tuple[str, ...] = ()
 
 
 class _FakeFrontend:

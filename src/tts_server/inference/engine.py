@@ -68,13 +68,52 @@ class VoiceInfo:
     stochastic: bool = False
 
 
+# -- timings (the data; ``timestamps`` builds the document) ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """What a run of consecutive symbol tokens reads. ``syllable``: ``label`` is its pinyin, ``source`` the span
+    of original text it stands for (None if unknown), ``word`` its word's index in the sentence. ``break``: a
+    prosodic break token (``#1``..``#4``). ``mark``: an SSML ``<mark>`` (``label`` is its name) at this point,
+    no tokens."""
+
+    kind: Literal["syllable", "break", "mark"]
+    label: str
+    tokens: int
+    source: tuple[int, int] | None = None
+    word: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class SentenceTiming:
+    """One sentence's audio as the engine made it: ``frames[i]`` mel frames for token ``i`` (after speed scaling
+    and rounding), ``hop`` samples per frame, then ``pause_samples`` of silence. ``units`` cover the tokens in
+    order; ``marks_end`` are ``<mark>`` names after the pause."""
+
+    units: tuple[Unit, ...]
+    frames: tuple[int, ...]
+    hop: int
+    pause_samples: int
+    marks_end: tuple[str, ...] = ()
+
+    @property
+    def samples(self) -> int:
+        return sum(self.frames) * self.hop + self.pause_samples
+
+
 @dataclass(frozen=True)
 class Synthesis:
-    """Audio for one piece of text: mono float32 in [-1, 1] and how long each stage took."""
+    """Audio for one piece of text: mono float32 in [-1, 1] and how long each stage took.
+
+    ``timings``: how the sentences whose audio starts in this piece were made (frames per token, pause), in audio
+    order, for ``timestamps.TimestampBuilder``; for a whole synthesis every sentence. Engines that cannot say
+    leave it empty (a timestamps request then fails with a clear message)."""
 
     audio: npt.NDArray[np.float32]
     sample_rate: int
     stage_seconds: Mapping[str, float] = field(default_factory=dict)
+    timings: tuple[SentenceTiming, ...] = ()
 
 
 @runtime_checkable

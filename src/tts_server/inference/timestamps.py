@@ -12,40 +12,13 @@ at ``2026年``, an SSML ``<sub>`` alias at the element's content.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
+from tts_server.inference.engine import SentenceTiming, Unit
 
-@dataclass(frozen=True, slots=True)
-class Unit:
-    """What a run of consecutive symbol tokens reads. ``syllable``: ``label`` is its pinyin, ``source`` the span
-    of original text it stands for (None if unknown), ``word`` its word's index in the sentence. ``break``: a
-    prosodic break token (``#1``..``#4``). ``mark``: an SSML ``<mark>`` (``label`` is its name) at this point,
-    no tokens."""
-
-    kind: Literal["syllable", "break", "mark"]
-    label: str
-    tokens: int
-    source: tuple[int, int] | None = None
-    word: int = -1
-
-
-@dataclass(frozen=True, slots=True)
-class SentenceTiming:
-    """One sentence's audio as the engine made it: ``frames[i]`` mel frames for token ``i`` (after speed scaling
-    and rounding), ``hop`` samples per frame, then ``pause_samples`` of silence. ``units`` cover the tokens in
-    order; ``marks_end`` are ``<mark>`` names after the pause."""
-
-    units: tuple[Unit, ...]
-    frames: tuple[int, ...]
-    hop: int
-    pause_samples: int
-    marks_end: tuple[str, ...] = ()
-
-    @property
-    def samples(self) -> int:
-        return sum(self.frames) * self.hop + self.pause_samples
+__all__ = ["SentenceTiming", "SymbolToken", "TimestampBuilder", "Unit", "build", "pause_samples", "symbol_units"]
 
 
 class TimestampBuilder:
@@ -169,6 +142,53 @@ class TimestampBuilder:
              "end_ms": self.ms(self._chars[o][1])}
             for o in sorted(offsets) if o < len(self.text)
         ]  # fmt: skip
+
+
+def pause_samples(seconds: float, sample_rate: int, hop: int) -> int:
+    """Silence of ``seconds`` as the engine appends it: rounded to whole hops (at least 0), so that every
+    boundary after it is still a multiple of the hop. Halves round up."""
+    if not seconds > 0 or hop <= 0:
+        return 0
+    return math.floor(seconds * sample_rate / hop + 0.5) * hop
+
+
+#: One symbol token as ``symbol_units`` reads it: phone, tone, syllable flag, word segment, and its span in the
+#: client's text.
+SymbolToken = tuple[str, str, str, str, tuple[int, int]]
+
+
+def symbol_units(tokens: Sequence[SymbolToken]) -> tuple[Unit, ...]:
+    """Units of a sentence given as KAN-TTS symbols: break tokens (``#1``..``#4``) are breaks; the other tokens
+    group into syllables by their syllable flag (``s_begin`` .. ``s_end``, ``s_both`` alone) and into words by
+    their word segment (``word_begin``/``word_both`` start one). A syllable's ``label`` is its phones without the
+    ``_c`` suffix and its tone digit (``h_c ao_c`` tone3 -> ``hao3``); its ``source`` spans its tokens."""
+    units: list[Unit] = []
+    current: list[SymbolToken] = []
+    word = -1
+
+    def close() -> None:
+        if not current:
+            return
+        tone = current[0][1].removeprefix("tone")
+        label = "".join(t[0].removesuffix("_c") for t in current) + (tone if tone.isdigit() else "")
+        units.append(Unit("syllable", label, len(current), (current[0][4][0], current[-1][4][1]), max(word, 0)))
+        current.clear()
+
+    for token in tokens:
+        phone, _tone, flag, segment, _span = token
+        if phone.startswith("#") and phone[1:].isdigit():
+            close()
+            units.append(Unit("break", phone, 1))
+            continue
+        if flag in ("s_begin", "s_both", "s_none") or not current:
+            close()
+            if segment in ("word_begin", "word_both") or word < 0:
+                word += 1
+        current.append(token)
+        if flag in ("s_end", "s_both", "s_none"):
+            close()
+    close()
+    return tuple(units)
 
 
 def build(text: str, sample_rate: int, timings: Sequence[SentenceTiming]) -> dict[str, Any]:

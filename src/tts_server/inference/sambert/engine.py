@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Collection, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +55,7 @@ from tts_server.inference.sambert.nsf import (
     build_nsf_generator,
 )
 from tts_server.inference.sambert.vocoder import HifiGanConfig, HifiGanGenerator, VocoderStream, build_generator
+from tts_server.inference.timestamps import SentenceTiming, SymbolToken, Unit, pause_samples, symbol_units
 
 if TYPE_CHECKING:
     from tts_server.config import Settings
@@ -71,6 +73,9 @@ class _Sentence:
     pause_after_s: float
     pitch: float = 0.0
     volume_db: float = 0.0
+    #: What the tokens read, in order (``timestamps.Unit``), and ``<mark>`` names after the pause.
+    units: tuple[Unit, ...] = ()
+    marks_end: tuple[str, ...] = ()
 
 
 #: sy, tone, syllable_flag, word_segment, emotion, speaker: what ``SambertModel.infer`` takes for one sentence.
@@ -274,6 +279,7 @@ class SambertEngine:
         pitch: float = 0.0, volume_db: float = 0.0, seed: int | None = None,
     ) -> Synthesis:
         parts: list[npt.NDArray[np.float32]] = []
+        timings: list[SentenceTiming] = []
         stages = {"frontend": 0.0, "acoustic": 0.0, "vocoder": 0.0}
         rate = self._voice(voice).sample_rate
         for piece in self._pieces(
@@ -281,10 +287,12 @@ class SambertEngine:
             chunk_frames=0,
         ):
             parts.append(piece.audio)
+            timings.extend(piece.timings)
             for key, value in piece.stage_seconds.items():
                 stages[key] = stages.get(key, 0.0) + value
         audio = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
-        return Synthesis(audio=audio.astype(np.float32, copy=False), sample_rate=rate, stage_seconds=stages)
+        return Synthesis(audio=audio.astype(np.float32, copy=False), sample_rate=rate, stage_seconds=stages,
+                         timings=tuple(timings))
 
     def synthesize_stream(
         self, text: str, voice: str, emotion: str, speed: float, *, input_format: InputFormat = "text",
@@ -346,14 +354,17 @@ class SambertEngine:
             # NSF voices' excitation is drawn over the whole sentence: they vocode per sentence.
             chunked = chunk_frames > 0 and gain_db == 0.0 and v.f0_norm is None
             vocoder = v.vocoder.stream() if chunked else None
+            # Silence in whole hops: every boundary of the timestamps stays a multiple of the hop.
+            pause = pause_samples(sentence.pause_after_s, v.sample_rate, v.hop_length)
             if vocoder is not None:
-                for piece in self._chunks(v, ids, sentence_speed, shift, vocoder, chunk_frames):
+                first = True
+                for piece, frames in self._chunks(v, ids, sentence_speed, shift, vocoder, chunk_frames):
+                    extra: dict[str, float] = {}
                     if frontend_s:
-                        piece = Synthesis(piece.audio, piece.sample_rate, {**piece.stage_seconds,
-                                                                           "frontend": frontend_s})
-                        frontend_s = 0.0
-                    yield piece
-                pause = round(max(sentence.pause_after_s, 0.0) * v.sample_rate)
+                        extra, frontend_s = {"frontend": frontend_s}, 0.0
+                    timings = (_timing(v, sentence, frames, pause),) if first else ()
+                    first = False
+                    yield Synthesis(piece.audio, piece.sample_rate, {**piece.stage_seconds, **extra}, timings)
                 if pause:
                     yield Synthesis(np.zeros(pause, dtype=np.float32), v.sample_rate, {})
                 continue
@@ -365,22 +376,23 @@ class SambertEngine:
                 t3 = time.perf_counter()
             # Each sentence is peak-limited on its own, so a streamed piece never waits for later audio.
             wav = apply_gain(wav, gain_db)
-            pause = round(max(sentence.pause_after_s, 0.0) * v.sample_rate)
             if pause:
                 wav = np.concatenate([wav, np.zeros(pause, dtype=np.float32)])
             yield Synthesis(
                 audio=wav,
                 sample_rate=v.sample_rate,
                 stage_seconds={"frontend": frontend_s, "acoustic": t2 - t1, "vocoder": t3 - t2},
+                timings=(_timing(v, sentence, am.frames, pause),),
             )
             frontend_s = 0.0
 
     def _chunks(
         self, v: SambertVoice, ids: EncodedSymbols, speed: float, pitch_shift: float, vocoder: VocoderStream,
         chunk_frames: int,
-    ) -> Iterator[Synthesis]:
+    ) -> Iterator[tuple[Synthesis, torch.Tensor]]:
         """One sentence, chunk by chunk: decoder and postnet as far as the chunk needs, then the causal vocoder
-        carrying its state from the previous chunk."""
+        carrying its state from the previous chunk. Each chunk comes with the sentence's frames per token (known
+        before the first chunk is decoded)."""
         # Inference mode is entered per chunk, never held across a yield: the caller runs between chunks.
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -394,7 +406,7 @@ class SambertEngine:
                     return
                 wav = vocoder.push(mel).numpy().astype(np.float32, copy=False)
             t2 = time.perf_counter()
-            yield Synthesis(wav, v.sample_rate, {"acoustic": t1 - t0, "vocoder": t2 - t1})
+            yield Synthesis(wav, v.sample_rate, {"acoustic": t1 - t0, "vocoder": t2 - t1}), stream.durations
             t0 = time.perf_counter()
 
     # -- SupportsLexicon ---------------------------------------------------------------------------------------
@@ -435,12 +447,16 @@ class SambertEngine:
             raise EngineError("text is empty", param="text")
         if input_format == "symbols":
             sentences = []
-            for line in stripped.splitlines():
+            offset = 0
+            for line in text.splitlines(keepends=True):
+                start, offset = offset, offset + len(line)
                 if not line.strip():
                     continue
                 tokens = voice.unit.parse(line)
+                spans = [(start + m.start(), start + m.end()) for m in re.finditer(r"\S+", line)]
+                units = symbol_units([_symbol(t, span) for t, span in zip(tokens, spans, strict=True)])
                 tokens = voice.unit.with_emotion_and_speaker(tokens, emotion, None)
-                sentences.append(_Sentence(tokens, 1.0, 0.0))
+                sentences.append(_Sentence(tokens, 1.0, 0.0, units=units))
             return sentences
         frontend = self._frontend(voice)
         utterances = frontend.process(
@@ -456,13 +472,21 @@ class SambertEngine:
                 raise EngineError(f"invalid speaking rate {utt.speed!r}", param="text")
             if not math.isfinite(utt.pitch) or not math.isfinite(utt.volume_db):
                 raise EngineError("invalid prosody pitch or volume", param="text")
+            tokens = voice.unit.parse(utt.symbols)
+            units = utt.units
+            if sum(u.tokens for u in units) != len(tokens):
+                # Timings still cover the audio (syllables from the symbols, without text offsets).
+                units = symbol_units([_symbol(t, (0, 0)) for t in tokens])
+                units = tuple(replace(u, source=None) for u in units)
             sentences.append(
                 _Sentence(
-                    voice.unit.parse(utt.symbols),
+                    tokens,
                     float(utt.speed),
                     float(utt.pause_after_s),
                     float(utt.pitch),
                     float(utt.volume_db),
+                    units,
+                    tuple(utt.marks_end),
                 )
             )
         if not sentences:
@@ -477,6 +501,16 @@ class SambertEngine:
                 frontend.set_lexicon(self._lexicon)
             self._frontends[voice.name] = frontend
         return frontend
+
+
+def _symbol(token: Token, span: tuple[int, int]) -> SymbolToken:
+    f = token.fields
+    return f[0], f[1], f[2], f[3], span
+
+
+def _timing(v: SambertVoice, sentence: _Sentence, frames: torch.Tensor, pause: int) -> SentenceTiming:
+    return SentenceTiming(sentence.units, tuple(int(f) for f in frames.tolist()), v.hop_length, pause,
+                          sentence.marks_end)
 
 
 def _check_range(value: float, low: float, high: float, param: str) -> None:
