@@ -11,10 +11,10 @@ Differences from OpenAI, each announced in a response header where it applies:
 - ``response_format``: mp3, opus, flac, wav, pcm. ``aac`` is refused with 422 (no AAC encoder in libsndfile).
   ``pcm`` is s16le mono at the model's 16 kHz (``X-Sample-Rate``); ``?pcm_24khz=true`` or the setting
   ``openai.pcm_24khz`` resamples it to OpenAI's 24 kHz.
-- ``stream_format``: omitted -> the whole file (cacheable); ``audio`` -> wav/pcm sent sentence by sentence as
-  they are synthesised (wav with a streaming header), other formats whole; ``sse`` -> ``speech.audio.delta``
-  events with base64 audio and a final ``speech.audio.done`` with usage (tokens are input characters). An error
-  after the first event is sent in-band as an ``error`` event.
+- ``stream_format``: omitted -> the whole file (cacheable); ``audio`` -> wav/pcm sent chunk by chunk (a few mel
+  frames each) as they are synthesised (wav with a streaming header), other formats whole; ``sse`` ->
+  ``speech.audio.delta`` events with base64 audio and a final ``speech.audio.done`` with usage (tokens are input
+  characters). An error after the first event is sent in-band as an ``error`` event.
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ async def synthesize(body: SynthesizeRequest, request: Request,
 
 
 async def raw_audio(live: LiveStream) -> AsyncIterator[bytes]:
-    """Chunked wav (with a streaming header) or raw PCM, one chunk per sentence."""
+    """Chunked wav (with a streaming header) or raw PCM, one HTTP chunk per engine chunk."""
     if live.job.fmt == "wav":
         yield wav_stream_header(live.job.rate)
     try:

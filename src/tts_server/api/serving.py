@@ -24,7 +24,14 @@ from starlette.types import Send
 from tts_server.api import errors
 from tts_server.api.errors import ApiError, api_error, invalid
 from tts_server.api.state import AppState, app_state, request_id
-from tts_server.inference.audio import FORMATS, SUPPORTED_SAMPLE_RATES, encode, resample, to_int16
+from tts_server.inference.audio import (
+    FORMATS,
+    SUPPORTED_SAMPLE_RATES,
+    StreamResampler,
+    encode,
+    resample,
+    to_int16,
+)
 from tts_server.inference.cache import CachedAudio, CacheKey
 from tts_server.inference.engine import InputFormat, VoiceInfo
 from tts_server.inference.lexicon import Lexicon
@@ -35,7 +42,7 @@ log = logging.getLogger("tts_server.api")
 
 T = TypeVar("T")
 
-#: Formats that can be sent sentence by sentence (a streaming wav header, or raw PCM).
+#: Formats that can be sent chunk by chunk (a streaming wav header, or raw PCM).
 STREAMABLE: Final = ("wav", "pcm")
 
 
@@ -265,7 +272,7 @@ async def _until_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T
 
 
 class LiveStream:
-    """A streaming job whose first sentence is ready: iterate ``pcm()`` for s16le PCM at the job's rate."""
+    """A streaming job whose first chunk is ready: iterate ``pcm()`` for s16le PCM at the job's rate."""
 
     def __init__(self, ex: Exchange, job: SpeechJob, handle: JobHandle, chunks: AsyncIterator[Chunk],
                  first: Chunk | None) -> None:
@@ -275,20 +282,26 @@ class LiveStream:
         self._chunks = chunks
         self._first = first
 
-    def _pcm(self, chunk: Chunk) -> bytes:
-        return to_int16(resample(chunk.audio, chunk.sample_rate, self.job.rate)).astype("<i2").tobytes()
-
     async def pcm(self) -> AsyncIterator[bytes]:
-        """The audio, sentence by sentence. A failure after the first byte is recorded and raised as the
-        ``ApiError`` it maps to; a client that goes away (the iterator is closed or cancelled) cancels the job,
-        so its worker stops at the next sentence, and is counted as cancelled."""
+        """The audio, chunk by chunk as the worker makes them (resampled as one continuous signal, so that the
+        concatenation equals the whole response's samples). A failure after the first byte is recorded and raised
+        as the ``ApiError`` it maps to; a client that goes away (the iterator is closed or cancelled) cancels the
+        job, so its worker stops at the next chunk, and is counted as cancelled."""
         state, job = self.ex.state, self.job
+        resampler: StreamResampler | None = None
         try:
             if self._first is not None:
-                yield self._pcm(self._first)
+                resampler = StreamResampler(self._first.sample_rate, job.rate)
+                if pcm := _pcm16(resampler.push(self._first.audio)):
+                    yield pcm
             async for chunk in self._chunks:
-                yield self._pcm(chunk)
+                if resampler is None:
+                    resampler = StreamResampler(chunk.sample_rate, job.rate)
+                if pcm := _pcm16(resampler.push(chunk.audio)):
+                    yield pcm
             outcome = await self._handle.result()
+            if resampler is not None and (pcm := _pcm16(resampler.flush())):
+                yield pcm
         except PoolError as exc:
             error = self.ex.fail(exc)
             log.warning("request %s: stream failed after first byte: %s", job.request_id, error.message)
@@ -302,8 +315,12 @@ class LiveStream:
         self.ex.succeed()
 
 
+def _pcm16(audio: npt.NDArray[np.float32]) -> bytes:
+    return to_int16(audio).astype("<i2").tobytes()
+
+
 async def open_stream(ex: Exchange, job: SpeechJob) -> LiveStream:
-    """Submit a streaming job and wait for its first sentence, so that errors before any audio still get a
+    """Submit a streaming job and wait for its first chunk, so that errors before any audio still get a
     proper status code; a client that leaves meanwhile cancels the job."""
     state = ex.state
     handle = _submit(state, job, stream=True)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
+import numpy as np
+import numpy.typing as npt
 from fastapi import APIRouter, WebSocket
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -34,7 +36,7 @@ from tts_server.api.schemas import SEED_MAX, SPEED_MAX, SPEED_MIN
 from tts_server.api.security import admit
 from tts_server.api.serving import check_emotion, check_rate, voice_info
 from tts_server.api.state import AppState
-from tts_server.inference.audio import FORMATS, resample, to_int16
+from tts_server.inference.audio import FORMATS, StreamResampler, to_int16
 from tts_server.inference.clauses import ClauseSegmenter
 from tts_server.inference.engine import PITCH_MAX, PITCH_MIN, VOLUME_DB_MAX, VOLUME_DB_MIN
 from tts_server.inference.pool import JobCancelled, JobHandle, PoolError
@@ -370,20 +372,18 @@ class Session:
         try:
             await self._send_event("clause_started", index=clause.index, text=clause.text)
             first = True
+            # One continuous signal per clause: the resampler carries its state across chunks.
+            resampler: StreamResampler | None = None
             async for chunk in handle.chunks():
-                pcm = to_int16(resample(chunk.audio, chunk.sample_rate, self.rate)).astype("<i2").tobytes()
-                async with self._send_lock:
-                    if clause.generation != self._generation:
-                        continue  # cancelled: the pool drops what the worker still sends
-                    await self.ws.send_bytes(pcm)
-                if first and clause.ready_at is not None:
+                if resampler is None:
+                    resampler = StreamResampler(chunk.sample_rate, self.rate)
+                sent = await self._send_audio(clause, to_int16(resampler.push(chunk.audio)))
+                if sent and first and clause.ready_at is not None:
                     metrics.ttfa.labels(ROUTE).observe(time.monotonic() - clause.ready_at)
-                first = False
-                seconds = len(pcm) / 2 / self.rate
-                metrics.ws_audio_sent.inc(seconds)
-                self.audio_seconds += seconds
-                self._last_activity = time.monotonic()
+                    first = False
             outcome = await handle.result()
+            if resampler is not None:
+                await self._send_audio(clause, to_int16(resampler.flush()))
         except JobCancelled:
             if clause.generation != self._generation:
                 metrics.requests.labels(self.voice, self.emotion, "cancelled").inc()
@@ -403,6 +403,20 @@ class Session:
             if clause.generation == self._generation:
                 await self._send_json({"type": "clause_done", "index": clause.index,
                                        "audio_seconds": round(outcome.audio_seconds, 3)})
+
+    async def _send_audio(self, clause: _Clause, pcm: npt.NDArray[np.int16]) -> bool:
+        """Send one binary frame of ``clause``'s audio unless it is empty or the clause was cancelled."""
+        if not len(pcm):
+            return False
+        async with self._send_lock:
+            if clause.generation != self._generation:
+                return False  # cancelled: the pool drops what the worker still sends
+            await self.ws.send_bytes(pcm.astype("<i2").tobytes())
+        seconds = len(pcm) / self.rate
+        self.state.metrics.ws_audio_sent.inc(seconds)
+        self.audio_seconds += seconds
+        self._last_activity = time.monotonic()
+        return True
 
     async def _send_event(self, kind: str, **fields: Any) -> None:
         async with self._send_lock:
