@@ -395,7 +395,10 @@ class Session:
         finally:
             self._current = None
             if not handle.done:
-                state.pool.cancel(handle)  # the client left or the session failed: free the worker
+                # The client left or the session failed mid-clause: free the worker, and count the clause as
+                # cancelled, like an HTTP stream whose client leaves.
+                state.pool.cancel(handle)
+                metrics.requests.labels(self.voice, self.emotion, "cancelled").inc()
         metrics.observe_synthesis(outcome, len(clause.text))
         metrics.requests.labels(self.voice, self.emotion, "ok").inc()
         self.clauses_done += 1

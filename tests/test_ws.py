@@ -1,0 +1,601 @@
+"""The WebSocket ``/v1/tts/ws`` end to end: a real WebSocket client (the ``websockets`` package) against a real
+``tts-server serve`` process (uvicorn, one worker running a tiny random-weight Sambert-HifiGan model from
+tests/tinymodel.py, so the real frontend, frame streaming and vocoder run).
+
+One server serves the whole module; its settings (validated by the settings model, then written as its TOML file)
+are small so that every limit is cheap to reach: a short idle timeout, a small text buffer, a pool queue of one.
+Every case ends by checking through ``/metrics`` that the worker is free again and no session is left open.
+Each error must give the event and close code that README.md ("WebSocket") documents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import re
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from bench.harness import child_env, free_port, toml_text
+from tests.tinymodel import build_tiny_model_dir
+from tts_server.api import errors
+from tts_server.api.ws import ERROR_CLOSE_BASE
+from tts_server.config import Settings, load_settings
+from tts_server.inference.clauses import ClauseSegmenter
+
+pytestmark = pytest.mark.slow
+
+HOST = "127.0.0.1"
+KEY = "ws-test-key"
+VOICE = "zhitian_emo"
+RATE = 16000
+IDLE_TIMEOUT_S = 1.5
+MAX_BUFFERED = 600
+#: Long enough that a clause without punctuation keeps the worker busy for a while (see LONG_TEXT).
+MAX_CLAUSE = 490
+MAX_MESSAGE_BYTES = 16 * 1024
+#: No step of a session may take longer than this: a hang fails the test instead of stalling the suite.
+STEP_TIMEOUT_S = 20.0
+STARTUP_TIMEOUT_S = 120.0
+
+#: A clause of MAX_CLAUSE characters without punctuation: at speed 0.5 the tiny model needs well over a second
+#: for it on a 2-core machine (hundreds of decoder steps), while it streams its first audio within milliseconds.
+LONG_TEXT = ("今天天气很好我们一起去公园散步吧晚上回家再一起吃饭" * 20)[:MAX_CLAUSE]
+
+SETTINGS: dict[str, Any] = {
+    "server": {"host": HOST, "log_level": "info", "drain_delay_s": 0.0, "drain_timeout_s": 2.0},
+    "pool": {"workers": 1, "queue_size": 1, "job_timeout_s": 60.0, "startup_timeout_s": STARTUP_TIMEOUT_S,
+             "restart_backoff_s": 0.1},
+    "limits": {"max_text_chars": 500},
+    "auth": {"enabled": True, "keys": [KEY]},
+    "websocket": {"idle_timeout_s": IDLE_TIMEOUT_S, "max_buffered_chars": MAX_BUFFERED,
+                  "max_clause_chars": MAX_CLAUSE, "min_comma_clause_chars": 6,
+                  "max_message_bytes": MAX_MESSAGE_BYTES},
+}
+
+
+# --- the server ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    settings: Settings
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{HOST}:{self.port}/v1/tts/ws"
+
+    def tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("ws")
+    port = free_port()
+    sections = {**SETTINGS, "server": {**SETTINGS["server"], "port": port},
+                "model": {"model_dir": str(build_tiny_model_dir(tmp / "model")),
+                          "download_dir": str(tmp / "download")}}
+    settings = load_settings(None, **sections)  # the settings model validates every value before the server sees it
+    config = tmp / "server.toml"
+    config.write_text(toml_text(sections), encoding="utf-8")
+    log = tmp / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "tts_server.cli", "serve", "--config", str(config)],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env(),
+                                cwd=tmp)
+    srv = Server(proc, port, log, settings)
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        with httpx.Client(base_url=srv.url, timeout=2.0) as client:
+            while True:
+                if proc.poll() is not None:
+                    raise AssertionError(f"server exited with {proc.returncode}:\n{srv.tail()}")
+                with contextlib.suppress(httpx.TransportError, ValueError, KeyError):
+                    if client.get("/health").json()["workers"]["ready"] == 1:
+                        break
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"worker not ready after {STARTUP_TIMEOUT_S}s:\n{srv.tail()}")
+                time.sleep(0.1)
+        yield srv
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+# --- metrics ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Scrape:
+    samples: dict[str, list[tuple[dict[str, str], float]]] = field(default_factory=dict)
+
+    def value(self, name: str, **labels: str) -> float:
+        """Sum of the samples called ``name`` whose labels include ``labels`` (0 when there is none)."""
+        return sum(v for lab, v in self.samples.get(name, []) if labels.items() <= lab.items())
+
+
+def scrape(srv: Server) -> Scrape:
+    text = httpx.get(f"{srv.url}/metrics", timeout=5.0).text
+    s = Scrape()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            s.samples.setdefault(sample.name, []).append((dict(sample.labels), float(sample.value)))
+    return s
+
+
+def idle_problems(s: Scrape) -> list[str]:
+    checks = {
+        "tts_requests_in_progress": s.value("tts_requests_in_progress"),
+        "tts_queue_depth": s.value("tts_queue_depth"),
+        "tts_workers{state=busy}": s.value("tts_workers", state="busy"),
+        "tts_ws_sessions_open": s.value("tts_ws_sessions_open"),
+    }
+    problems = [f"{name} = {value:g}" for name, value in checks.items() if value != 0]
+    if s.value("tts_workers", state="ready") != 1:
+        problems.append(f"tts_workers{{state=ready}} = {s.value('tts_workers', state='ready'):g}")
+    return problems
+
+
+def wait_idle(srv: Server, timeout_s: float = 10.0) -> Scrape:
+    """Scrape until the worker is free, its queue empty and no session open; the scrape that showed it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        s = scrape(srv)
+        problems = idle_problems(s)
+        if not problems:
+            return s
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not idle after {timeout_s}s: {', '.join(problems)}\n{srv.tail()}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def before(server: Server) -> Iterator[Scrape]:
+    """The metrics before the test (the server idle); after it, the worker must be free again."""
+    yield wait_idle(server)
+    wait_idle(server)
+
+
+def increase(before: Scrape, after: Scrape, name: str, **labels: str) -> float:
+    return after.value(name, **labels) - before.value(name, **labels)
+
+
+# --- the client -------------------------------------------------------------------------------------------
+
+
+def auth(key: str = KEY) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@contextlib.asynccontextmanager
+async def session(srv: Server, *, headers: dict[str, str] | None = None,
+                  max_size: int | None = 2 ** 20) -> AsyncIterator[ClientConnection]:
+    headers = auth() if headers is None else headers
+    async with asyncio.timeout(STEP_TIMEOUT_S):
+        ws = await connect(srv.ws_url, additional_headers=headers, max_size=max_size, open_timeout=STEP_TIMEOUT_S)
+    try:
+        yield ws
+    finally:
+        await ws.close()
+
+
+async def send(ws: ClientConnection, **message: Any) -> None:
+    await ws.send(json.dumps(message, ensure_ascii=False))
+
+
+async def receive(ws: ClientConnection) -> dict[str, Any] | bytes:
+    """The next message: an event (decoded JSON) or a binary audio frame."""
+    async with asyncio.timeout(STEP_TIMEOUT_S):
+        message = await ws.recv()
+    if isinstance(message, bytes):
+        return message
+    event: dict[str, Any] = json.loads(message)
+    return event
+
+
+async def event(ws: ClientConnection) -> dict[str, Any]:
+    """The next message, which must be an event."""
+    message = await receive(ws)
+    assert isinstance(message, dict), f"expected an event, got {len(message)} bytes of audio"
+    return message
+
+
+async def start(ws: ClientConnection, **fields: Any) -> dict[str, Any]:
+    await send(ws, type="start", **fields)
+    ready = await event(ws)
+    assert ready["type"] == "ready", ready
+    return ready
+
+
+@dataclass
+class Transcript:
+    """Everything a session received until the server closed it."""
+
+    events: list[dict[str, Any]]
+    #: Audio of each clause, by its index.
+    audio: dict[int, bytearray]
+    #: Audio frames that arrived outside a clause (between clause_done and the next clause_started): none may.
+    stray_frames: int
+    close_code: int | None
+    close_reason: str
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == kind]
+
+
+async def until_closed(ws: ClientConnection) -> Transcript:
+    events: list[dict[str, Any]] = []
+    audio: dict[int, bytearray] = {}
+    current: int | None = None
+    stray = 0
+    with contextlib.suppress(ConnectionClosed):
+        while True:
+            message = await receive(ws)
+            if isinstance(message, bytes):
+                if current is None:
+                    stray += 1
+                else:
+                    audio[current] += message
+                continue
+            events.append(message)
+            if message["type"] == "clause_started":
+                current = message["index"]
+                audio[current] = bytearray()
+            elif message["type"] in ("clause_done", "cancelled"):
+                current = None
+    async with asyncio.timeout(STEP_TIMEOUT_S):
+        await ws.wait_closed()
+    return Transcript(events, audio, stray, ws.close_code, ws.close_reason or "")
+
+
+def assert_error(t: Transcript, code: str, close: int, param: str | None = None) -> dict[str, Any]:
+    """The session ended with README's ``error`` event ``code`` and close code ``close``, and nothing after."""
+    assert t.events, f"no event before close {t.close_code}"
+    last = t.events[-1]
+    assert last["type"] == "error", t.events
+    assert last["code"] == code, last
+    assert isinstance(last["message"], str), last
+    assert last["message"], last
+    if param is not None:
+        assert last["param"] == param, last
+    assert (t.close_code, t.close_reason) == (close, code)
+    return last
+
+
+def pcm(data: bytes | bytearray) -> np.ndarray[Any, np.dtype[np.int16]]:
+    return np.frombuffer(bytes(data), dtype="<i2")
+
+
+def deltas(text: str, seed: int) -> list[str]:
+    """``text`` cut into pieces of 1 to 3 characters."""
+    rng = random.Random(seed)
+    pieces, i = [], 0
+    while i < len(text):
+        n = rng.randint(1, 3)
+        pieces.append(text[i:i + n])
+        i += n
+    return pieces
+
+
+# --- speech -------------------------------------------------------------------------------------------------
+
+#: Sentence ends (Chinese and ASCII), a comma clause long enough to be cut, a comma clause too short to be cut,
+#: a decimal point and a thousands separator that must not cut, and a tail without punctuation that only
+#: ``close`` speaks.
+PARITY_TEXT = "今天天气很好，我们一起去公园散步吧。好的，走吧！价格是3.5元, 一共1,000个. 晚上回家再一起吃饭"
+
+
+async def test_text_in_small_deltas_sounds_like_http_synthesis_of_each_clause(server: Server,
+                                                                              before: Scrape) -> None:
+    expected_clauses = ClauseSegmenter(min_comma_chars=server.settings.websocket.min_comma_clause_chars,
+                                       max_chars=MAX_CLAUSE)
+    expected = [*expected_clauses.feed(PARITY_TEXT), *expected_clauses.flush()]
+    assert len(expected) >= 5  # the text exercises several kinds of clause end
+    async with session(server) as ws:
+        ready = await start(ws, voice=VOICE)
+        assert ready == {"type": "ready", "session_id": ready["session_id"], "voice": VOICE,
+                         "emotion": "neutral", "format": "pcm", "encoding": "s16le", "channels": 1,
+                         "sample_rate": RATE}
+        for piece in deltas(PARITY_TEXT, seed=14):
+            await send(ws, type="text", text=piece)
+        await send(ws, type="close")
+        t = await until_closed(ws)
+
+    assert t.close_code == 1000, t.events
+    assert t.stray_frames == 0
+    started = t.of_type("clause_started")
+    assert [e["text"] for e in started] == expected
+    assert [e["index"] for e in started] == list(range(len(expected)))
+    assert [e["index"] for e in t.of_type("clause_done")] == list(range(len(expected)))
+    assert not t.of_type("error")
+    end = t.events[-1]
+    total_samples = sum(len(a) // 2 for a in t.audio.values())
+    assert end == {"type": "end", "clauses": len(expected), "audio_seconds": round(total_samples / RATE, 3)}
+
+    # The same clauses through the HTTP API. Streamed over HTTP the audio goes through the same frame streaming
+    # and the same float -> s16le conversion, so it must be identical sample for sample. Synthesised whole (no
+    # streaming), frame streaming equals it within 1e-4 of full scale (tests/test_stream_engine.py); after
+    # rounding to 16 bits that is at most 1e-4 * 32767 + 1 < 5 steps of 1/32768.
+    async with httpx.AsyncClient(base_url=server.url, headers=auth(), timeout=STEP_TIMEOUT_S) as client:
+        for index, clause in enumerate(expected):
+            got = pcm(t.audio[index])
+            assert len(got) > 0, clause
+            body = {"text": clause, "voice": VOICE, "format": "pcm"}
+            streamed = await client.post("/v1/synthesize", json={**body, "stream": True})
+            assert streamed.status_code == 200, streamed.text
+            assert np.array_equal(got, pcm(streamed.content)), clause
+            whole = await client.post("/v1/synthesize", json=body)
+            assert whole.status_code == 200, whole.text
+            reference = pcm(whole.content)
+            assert len(got) == len(reference), clause
+            assert int(np.max(np.abs(got.astype(np.int32) - reference.astype(np.int32)))) <= 4, clause
+
+    after = wait_idle(server)
+    assert increase(before, after, "tts_ws_sessions_total", outcome="ok") == 1
+    assert increase(before, after, "tts_ws_audio_sent_seconds_total") == pytest.approx(total_samples / RATE)
+    assert increase(before, after, "tts_time_to_first_audio_seconds_count", route="/v1/tts/ws") >= 1
+    assert increase(before, after, "tts_requests_total", outcome="ok") == 3 * len(expected)
+
+
+async def test_api_key_in_the_first_message(server: Server, before: Scrape) -> None:
+    async with session(server, headers={}) as ws:
+        await start(ws, api_key=KEY)
+        await send(ws, type="text", text="你好。")
+        await send(ws, type="close")
+        t = await until_closed(ws)
+    assert t.close_code == 1000
+    assert [e["type"] for e in t.events] == ["clause_started", "clause_done", "end"]
+    assert len(t.audio[0]) > 0
+    after = wait_idle(server)
+    assert increase(before, after, "tts_ws_sessions_total", outcome="ok") == 1
+    assert increase(before, after, "tts_ws_audio_sent_seconds_total") > 0
+
+
+@pytest.mark.parametrize(("headers", "first"), [
+    pytest.param(auth("wrong-key"), None, id="wrong-key-header"),
+    pytest.param({}, {"type": "start"}, id="no-key"),
+    pytest.param({}, {"type": "start", "api_key": "wrong-key"}, id="wrong-key-message"),
+])
+async def test_api_key_refused(server: Server, before: Scrape, headers: dict[str, str],
+                               first: dict[str, Any] | None) -> None:
+    async with session(server, headers=headers) as ws:
+        if first is not None:
+            await send(ws, **first)
+        t = await until_closed(ws)  # a bad header is refused before the server reads any message
+    assert_error(t, "invalid_api_key", 4401)
+    assert [e["type"] for e in t.events] == ["error"]
+    after = wait_idle(server)
+    assert increase(before, after, "tts_ws_sessions_total", outcome="unauthorized") == 1
+
+
+@pytest.mark.parametrize(("message", "param"), [
+    pytest.param(json.dumps({"type": "text", "text": "你好。"}), "type", id="text-before-start"),
+    pytest.param(json.dumps({"type": "flush"}), "type", id="flush-before-start"),
+    pytest.param("start", None, id="not-json"),
+    pytest.param(json.dumps(["start"]), "type", id="not-an-object"),
+    pytest.param(json.dumps({"type": "begin"}), "type", id="unknown-type"),
+    pytest.param(json.dumps({"type": "start", "speed": 9}), "speed", id="speed-out-of-range"),
+    pytest.param(json.dumps({"type": "start", "language": "zh"}), "language", id="unknown-field"),
+    pytest.param(b"\x00\x01", None, id="binary"),
+])
+async def test_bad_first_message(server: Server, before: Scrape, message: str | bytes, param: str | None) -> None:
+    async with session(server) as ws:
+        await ws.send(message)
+        t = await until_closed(ws)
+    assert_error(t, "invalid_request", 4422, param)
+    assert [e["type"] for e in t.events] == ["error"]
+    after = wait_idle(server)
+    assert increase(before, after, "tts_ws_sessions_total", outcome="client_error") == 1
+    assert increase(before, after, "tts_requests_rejected_total", reason="invalid") == 1
+
+
+@pytest.mark.parametrize(("start_fields", "code", "param"), [
+    pytest.param({"voice": "nobody"}, "unknown_voice", "voice", id="unknown-voice"),
+    pytest.param({"emotion": "furious"}, "unknown_emotion", "emotion", id="unknown-emotion"),
+    pytest.param({"format": "opus"}, "unsupported_stream_format", "format", id="opus"),
+    pytest.param({"sample_rate": 12345}, "unsupported_sample_rate", "sample_rate", id="odd-sample-rate"),
+])
+async def test_bad_start(server: Server, before: Scrape, start_fields: dict[str, Any], code: str,
+                         param: str) -> None:
+    async with session(server) as ws:
+        await send(ws, type="start", **start_fields)
+        t = await until_closed(ws)
+    last = assert_error(t, code, 4422, param)
+    assert [e["type"] for e in t.events] == ["error"]
+    if code == "unknown_voice":
+        assert VOICE in last["message"]  # it names the voices there are
+    after = wait_idle(server)
+    assert increase(before, after, "tts_ws_sessions_total", outcome="client_error") == 1
+
+
+async def test_second_start_is_refused(server: Server, before: Scrape) -> None:
+    async with session(server) as ws:
+        await start(ws)
+        await send(ws, type="start")
+        t = await until_closed(ws)
+    assert_error(t, "invalid_request", 4422, "type")
+
+
+async def test_buffered_text_over_the_cap(server: Server, before: Scrape) -> None:
+    async with session(server) as ws:
+        await start(ws)
+        # No punctuation and under max_clause_chars: nothing is ready, everything stays buffered.
+        await send(ws, type="text", text="好" * (MAX_BUFFERED // 2))
+        await send(ws, type="text", text="好" * (MAX_BUFFERED // 2 + 1))
+        t = await until_closed(ws)
+    assert_error(t, "text_buffer_full", 4413)
+    assert not t.of_type("clause_started")  # the text was refused, not spoken
+    after = wait_idle(server)
+    assert increase(before, after, "tts_ws_sessions_total", outcome="client_error") == 1
+    assert increase(before, after, "tts_requests_rejected_total", reason="too_large") == 1
+
+
+async def test_message_over_the_size_limit(server: Server, before: Scrape) -> None:
+    async with session(server) as ws:
+        await start(ws)
+        await send(ws, type="text", text="a" * MAX_MESSAGE_BYTES)
+        t = await until_closed(ws)
+    assert t.close_code == 1009
+    assert not t.events
+    after = wait_idle(server)
+    assert increase(before, after, "tts_ws_sessions_total", outcome="disconnected") == 1
+
+
+async def test_idle_timeout_counts_from_the_last_audio(server: Server, before: Scrape) -> None:
+    async with session(server) as ws:
+        await start(ws)
+        await send(ws, type="text", text="你好。")
+        assert (await event(ws))["type"] == "clause_started"
+        while isinstance(message := await receive(ws), bytes):
+            pass
+        assert message["type"] == "clause_done"
+        quiet_since = time.monotonic()
+        t = await until_closed(ws)
+        waited = time.monotonic() - quiet_since
+    assert_error(t, "idle_timeout", 4408)
+    assert IDLE_TIMEOUT_S * 0.9 <= waited < IDLE_TIMEOUT_S + 5.0
+    after = wait_idle(server)
+    assert increase(before, after, "tts_ws_sessions_total", outcome="idle_timeout") == 1
+    assert increase(before, after, "tts_ws_audio_sent_seconds_total") > 0
+
+
+async def test_idle_before_the_first_message(server: Server, before: Scrape) -> None:
+    async with session(server) as ws:
+        t = await until_closed(ws)
+    assert_error(t, "idle_timeout", 4408)
+    after = wait_idle(server)
+    assert increase(before, after, "tts_ws_sessions_total", outcome="idle_timeout") == 1
+
+
+async def test_cancel_stops_the_clause_and_drops_pending_text(server: Server, before: Scrape) -> None:
+    async with session(server) as ws:
+        await start(ws, speed=0.5)
+        # One long clause (cut at max_clause_chars), then two sentences queued behind it, then pending text.
+        await send(ws, type="text", text=LONG_TEXT + "第二句话。第三句话。还没说完")
+        assert await event(ws) == {"type": "clause_started", "index": 0, "text": LONG_TEXT}
+        assert isinstance(await receive(ws), bytes)  # the long clause is under way
+        await send(ws, type="cancel")
+        received = 0
+        while isinstance(message := await receive(ws), bytes):
+            received += len(message)  # frames already on their way may still arrive before the event
+        assert message == {"type": "cancelled", "dropped_clauses": 2}
+        # The session goes on: the next text is spoken, with the next index, and nothing of the old clause.
+        await send(ws, type="text", text="好的。")
+        await send(ws, type="close")
+        t = await until_closed(ws)
+    assert t.close_code == 1000
+    assert t.stray_frames == 0
+    assert [(e["type"], e.get("index")) for e in t.events] == [
+        ("clause_started", 3), ("clause_done", 3), ("end", None)]
+    assert t.events[-1]["clauses"] == 1
+    after = wait_idle(server)
+    # The running clause stopped at its next chunk (a job that ran to the end would count as "ok").
+    assert increase(before, after, "tts_requests_total", outcome="cancelled") == 1
+    assert increase(before, after, "tts_requests_total", outcome="ok") == 1
+    assert increase(before, after, "tts_ws_sessions_total", outcome="ok") == 1
+
+
+async def test_disconnect_mid_clause_frees_the_worker(server: Server, before: Scrape) -> None:
+    async with session(server) as ws:
+        await start(ws, speed=0.5)
+        await send(ws, type="text", text=LONG_TEXT + "第二句话。")
+        assert (await event(ws))["type"] == "clause_started"
+        assert isinstance(await receive(ws), bytes)
+        assert scrape(server).value("tts_requests_in_progress") == 1
+        # Gone without a closing handshake, mid-clause.
+        ws.transport.abort()
+    after = wait_idle(server)
+    assert increase(before, after, "tts_ws_sessions_total", outcome="disconnected") == 1
+    assert increase(before, after, "tts_requests_total", outcome="cancelled") == 1
+    assert increase(before, after, "tts_requests_total", outcome="ok") == 0
+
+
+async def _occupy(srv: Server, done: asyncio.Event) -> None:
+    """A streamed HTTP request for LONG_TEXT that reads until ``done`` is set, then hangs up."""
+    async with httpx.AsyncClient(base_url=srv.url, headers=auth(), timeout=STEP_TIMEOUT_S) as client:
+        body = {"text": LONG_TEXT, "voice": VOICE, "format": "pcm", "speed": 0.5, "stream": True}
+        async with client.stream("POST", "/v1/synthesize", json=body) as response:
+            async for _ in response.aiter_bytes():
+                if done.is_set():
+                    return
+        await done.wait()
+
+
+async def _wait_metric(srv: Server, name: str, value: float) -> None:
+    deadline = time.monotonic() + STEP_TIMEOUT_S
+    while (got := scrape(srv).value(name)) != value:
+        assert time.monotonic() < deadline, f"{name} = {got:g}, waited for {value:g}"
+        await asyncio.sleep(0.02)
+
+
+async def test_full_queue_is_an_error_event_not_a_hang(server: Server, before: Scrape) -> None:
+    done = asyncio.Event()
+    busy = asyncio.create_task(_occupy(server, done))
+    try:
+        await _wait_metric(server, "tts_requests_in_progress", 1)
+        queued = asyncio.create_task(_occupy(server, done))
+        try:
+            await _wait_metric(server, "tts_queue_depth", 1)
+            async with session(server) as ws:
+                await start(ws)
+                await send(ws, type="text", text="你好。")
+                t = await until_closed(ws)
+            assert_error(t, "queue_full", 4503)
+            assert not t.audio
+        finally:
+            done.set()
+            await queued
+    finally:
+        done.set()
+        await busy
+    after = wait_idle(server)
+    assert increase(before, after, "tts_ws_sessions_total", outcome="rejected") == 1
+    assert increase(before, after, "tts_requests_rejected_total", reason="queue_full") == 1
+
+
+def test_readme_close_codes_match_the_error_table() -> None:
+    """README's close-code table: every error code it names closes with 4000 + that error's HTTP status."""
+    kinds = {kind.code: kind for kind in vars(errors).values() if isinstance(kind, errors.ErrorKind)}
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### WebSocket `/v1/tts/ws`", 1)[1].split("\n#", 1)[0]
+    rows = re.findall(r"^\| (4\d\d\d) \| (.*?) \|", section, re.M)
+    assert len(rows) >= 9, rows
+    named = set()
+    for close, cell in rows:
+        for code in re.findall(r"`([a-z_]+)`", cell):
+            if code in {"param", "type", "pcm", "start"}:  # words of the descriptions, not codes
+                continue
+            assert code in kinds, code
+            assert ERROR_CLOSE_BASE + kinds[code].status == int(close), (code, close)
+            named.add(code)
+    # Every error this suite provokes is in the table.
+    assert {"invalid_api_key", "idle_timeout", "text_buffer_full", "invalid_request", "unknown_voice",
+            "unknown_emotion", "unsupported_stream_format", "unsupported_sample_rate", "queue_full"} <= named
