@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import SHARED, unavailable
+from tests.parity import case_arrays, checked_acoustic, load_cases, max_abs
 from tts_server.config import load_settings
 from tts_server.inference.sambert.engine import SambertEngine, SambertVoice, load_sambert_engine
 from tts_server.inference.sambert.nsf import NsfDraws
@@ -38,8 +39,7 @@ def _parity_set() -> None:
 
 @pytest.fixture(scope="module")
 def cases() -> dict[str, npt.NDArray[np.generic]]:
-    with np.load(CASES) as data:
-        return {k: data[k] for k in data.files}
+    return load_cases(CASES)
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +50,6 @@ def engine() -> SambertEngine:
 @pytest.fixture(scope="module")
 def voice(engine: SambertEngine) -> SambertVoice:
     return engine._voices[VOICE]
-
-
-def _max_abs(a: torch.Tensor | npt.NDArray[np.generic], b: npt.NDArray[np.generic]) -> float:
-    arr = a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-    assert arr.shape == b.shape
-    return float(np.max(np.abs(arr.astype(np.float64) - b.astype(np.float64)))) if b.size else 0.0
 
 
 def _without_f0(a: torch.Tensor | npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
@@ -88,29 +82,21 @@ def test_voice_is_personal_and_stochastic(engine: SambertEngine, voice: SambertV
 
 @pytest.mark.parametrize("case", CASE_NAMES)
 def test_case_parity(case: str, cases: dict[str, npt.NDArray[np.generic]], voice: SambertVoice) -> None:
-    ref = {k.split("/", 1)[1]: v for k, v in cases.items() if k.startswith(case + "/")}
-    encoded = voice.unit.encode(str(ref["symbols"]))
-    for stream in STREAMS:
-        np.testing.assert_array_equal(getattr(encoded, stream), ref[f"ids_{stream}"], err_msg=stream)
-
+    ref = case_arrays(cases, case)
     with torch.inference_mode():
-        out = voice.acoustic(encoded)
-        ours = (torch.exp(out.log_duration) - 1 + 0.5).long().numpy()
-        theirs = (torch.exp(torch.from_numpy(ref["log_duration"])) - 1 + 0.5).long().numpy()
-        np.testing.assert_array_equal(ours, theirs)
-        assert out.num_frames == int(ref["lr_length_rounded"])
+        out = checked_acoustic(voice, ref, STREAMS)
         assert voice.f0_norm is not None
         mel_denorm = voice.f0_norm.denorm(out.postnet_outputs)
         vocoder_input = voice.vocoder_input(out.postnet_outputs)
         errors = {
-            "log_duration": _max_abs(out.log_duration, ref["log_duration"]),
-            "pitch": _max_abs(out.pitch, ref["pitch"]),
-            "energy": _max_abs(out.energy, ref["energy"]),
-            "postnet_outputs": _max_abs(out.postnet_outputs, ref["postnet_outputs"]),
+            "log_duration": max_abs(out.log_duration, ref["log_duration"]),
+            "pitch": max_abs(out.pitch, ref["pitch"]),
+            "energy": max_abs(out.energy, ref["energy"]),
+            "postnet_outputs": max_abs(out.postnet_outputs, ref["postnet_outputs"]),
             # f0 in Hz is the normalised f0 times (max - min) = 700: the AM's float32 noise (~1e-6) becomes
             # ~5e-4 Hz, so the f0 channel is compared relatively (below) and the other channels absolutely.
-            "mel_denorm": _max_abs(_without_f0(mel_denorm), _without_f0(ref["mel_denorm"])),
-            "vocoder_input": _max_abs(_without_f0(vocoder_input), _without_f0(ref["vocoder_input"])),
+            "mel_denorm": max_abs(_without_f0(mel_denorm), _without_f0(ref["mel_denorm"])),
+            "vocoder_input": max_abs(_without_f0(vocoder_input), _without_f0(ref["vocoder_input"])),
             "mel_denorm_f0_relative": _max_rel(mel_denorm[:, -2], ref["mel_denorm"][:, -2]),
             "vocoder_input_f0_relative": _max_rel(vocoder_input[:, -2], ref["vocoder_input"][:, -2]),
         }
@@ -128,8 +114,8 @@ def test_case_parity(case: str, cases: dict[str, npt.NDArray[np.generic]], voice
         assert err <= INTERMEDIATE_TOL, f"{case}: {name} max abs error {err:.3g} > {INTERMEDIATE_TOL}"
     # The voicing flag is exactly 0 or 1 in both.
     np.testing.assert_array_equal(vocoder_input[:, -1].numpy(), ref["vocoder_input"][:, -1])
-    assert _max_abs(wav_ref_mel, ref["wav"]) <= WAV_TOL
-    assert _max_abs(wav, ref["wav"]) <= E2E_WAV_TOL
+    assert max_abs(wav_ref_mel, ref["wav"]) <= WAV_TOL
+    assert max_abs(wav, ref["wav"]) <= E2E_WAV_TOL
 
 
 def test_vocoder_only(cases: dict[str, npt.NDArray[np.generic]], voice: SambertVoice) -> None:
@@ -141,7 +127,7 @@ def test_vocoder_only(cases: dict[str, npt.NDArray[np.generic]], voice: SambertV
             cases["vocoder_only/vocoder_input"][:, -1], (cases["vocoder_only/mel"][:, -1] >= 0.6).astype(np.float32)
         )
         wav = voice.vocoder(torch.from_numpy(cases["vocoder_only/vocoder_input"]), draws=_draws(cases, "vocoder_only"))
-    assert _max_abs(wav, cases["vocoder_only/wav"]) <= WAV_TOL
+    assert max_abs(wav, cases["vocoder_only/wav"]) <= WAV_TOL
 
 
 def test_engine_end_to_end_is_reproducible_with_a_seed(

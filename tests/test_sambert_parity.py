@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import PARITY_DIR, unavailable
+from tests.parity import case_arrays, checked_acoustic, load_cases, max_abs
 from tts_server.config import load_settings
 from tts_server.inference.sambert.engine import SambertEngine, SambertVoice, load_sambert_engine
 from tts_server.inference.sambert.linguistic import EMOTION_PREFIX
@@ -40,8 +41,7 @@ CASE_NAMES = (
 
 @pytest.fixture(scope="module")
 def cases() -> dict[str, npt.NDArray[np.generic]]:
-    with np.load(CASES) as data:
-        return {k: data[k] for k in data.files}
+    return load_cases(CASES)
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +55,6 @@ def voice(engine: SambertEngine) -> SambertVoice:
     return engine._voices["zhitian_emo"]
 
 
-def _max_abs(a: torch.Tensor | npt.NDArray[np.generic], b: npt.NDArray[np.generic]) -> float:
-    arr = a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-    assert arr.shape == b.shape
-    return float(np.max(np.abs(arr.astype(np.float64) - b.astype(np.float64)))) if b.size else 0.0
-
-
 def test_all_cases_listed(cases: dict[str, npt.NDArray[np.generic]]) -> None:
     names = {k.split("/")[0] for k in cases}
     assert names == {*CASE_NAMES, "vocoder_only"}
@@ -68,32 +62,23 @@ def test_all_cases_listed(cases: dict[str, npt.NDArray[np.generic]]) -> None:
 
 @pytest.mark.parametrize("case", CASE_NAMES)
 def test_case_parity(case: str, cases: dict[str, npt.NDArray[np.generic]], voice: SambertVoice) -> None:
-    ref = {k.split("/", 1)[1]: v for k, v in cases.items() if k.startswith(case + "/")}
-    encoded = voice.unit.encode(str(ref["symbols"]))
-    for stream in STREAMS:
-        np.testing.assert_array_equal(getattr(encoded, stream), ref[f"ids_{stream}"], err_msg=stream)
-
+    ref = case_arrays(cases, case)
     with torch.inference_mode():
-        out = voice.acoustic(encoded)
-        # Durations as the length regulator rounds them must be identical.
-        ours = (torch.exp(out.log_duration) - 1 + 0.5).long().numpy()
-        theirs = (torch.exp(torch.from_numpy(ref["log_duration"])) - 1 + 0.5).long().numpy()
-        np.testing.assert_array_equal(ours, theirs)
+        out = checked_acoustic(voice, ref, STREAMS)
         assert out.x_band_width == int(ref["x_band_width"])
         assert out.h_band_width == int(ref["h_band_width"])
-        assert out.num_frames == int(ref["lr_length_rounded"])
         errors = {
-            "log_duration": _max_abs(out.log_duration, ref["log_duration"]),
-            "pitch": _max_abs(out.pitch, ref["pitch"]),
-            "energy": _max_abs(out.energy, ref["energy"]),
-            "dec_outputs": _max_abs(out.dec_outputs, ref["dec_outputs"]),
-            "postnet_outputs": _max_abs(out.postnet_outputs, ref["postnet_outputs"]),
+            "log_duration": max_abs(out.log_duration, ref["log_duration"]),
+            "pitch": max_abs(out.pitch, ref["pitch"]),
+            "energy": max_abs(out.energy, ref["energy"]),
+            "dec_outputs": max_abs(out.dec_outputs, ref["dec_outputs"]),
+            "postnet_outputs": max_abs(out.postnet_outputs, ref["postnet_outputs"]),
         }
         # The vocoder on the reference mel isolates vocoder error; on our mel it shows the end-to-end error.
         wav_ref_mel = voice.vocode(torch.from_numpy(ref["postnet_outputs"]))
         wav = voice.vocode(out.postnet_outputs)
-    errors["wav_from_reference_mel"] = _max_abs(wav_ref_mel, ref["wav"])
-    errors["wav"] = _max_abs(wav, ref["wav"])
+    errors["wav_from_reference_mel"] = max_abs(wav_ref_mel, ref["wav"])
+    errors["wav"] = max_abs(wav, ref["wav"])
     for name, err in errors.items():
         assert err <= TOL, f"{case}: {name} max abs error {err:.3g} > {TOL}"
     pcm = (wav * 32768).astype(np.int16)
@@ -104,7 +89,7 @@ def test_case_parity(case: str, cases: dict[str, npt.NDArray[np.generic]], voice
 def test_vocoder_only(cases: dict[str, npt.NDArray[np.generic]], voice: SambertVoice) -> None:
     with torch.inference_mode():
         wav = voice.vocode(torch.from_numpy(cases["vocoder_only/mel"]))
-    assert _max_abs(wav, cases["vocoder_only/wav"]) <= TOL
+    assert max_abs(wav, cases["vocoder_only/wav"]) <= TOL
 
 
 @pytest.mark.parametrize("case", ["beijing_happy", "zero_initial_erhua_surprise_f74"])
@@ -117,7 +102,7 @@ def test_engine_end_to_end_matches_reference(
     result = engine.synthesize(symbols, "zhitian_emo", emotion[len(EMOTION_PREFIX) :], 1.0, input_format="symbols")
     assert result.sample_rate == 16000
     assert result.audio.dtype == np.float32
-    assert _max_abs(result.audio, cases[f"{case}/wav"]) <= TOL
+    assert max_abs(result.audio, cases[f"{case}/wav"]) <= TOL
     assert set(result.stage_seconds) == {"frontend", "acoustic", "vocoder"}
 
 
@@ -127,7 +112,7 @@ def test_emotion_rewrite_reproduces_other_case(
     """Neutral symbols synthesised with emotion=happy give the reference's happy case."""
     symbols = str(cases["beijing_neutral/symbols"])
     result = engine.synthesize(symbols, "zhitian_emo", "happy", 1.0, input_format="symbols")
-    assert _max_abs(result.audio, cases["beijing_happy/wav"]) <= TOL
+    assert max_abs(result.audio, cases["beijing_happy/wav"]) <= TOL
 
 
 def test_engine_voices(engine: SambertEngine) -> None:
@@ -183,9 +168,9 @@ def test_bf16_vocoder_stays_close_to_the_reference(cases: dict[str, npt.NDArray[
     wav = out.astype(np.float64)
     assert wav.shape == ref.shape
     if not _native_bf16():
-        assert _max_abs(wav, ref) < TOL  # fell back to fp32
+        assert max_abs(wav, ref) < TOL  # fell back to fp32
         return
     # bf16 keeps ~8 bits of mantissa: the waveform deviates, but stays the same signal (>= 30 dB SNR; 38.7 dB measured).
     noise = np.sum((wav - ref) ** 2)
     assert 10 * np.log10(np.sum(ref**2) / noise) > 30
-    assert _max_abs(wav, ref) < 0.05
+    assert max_abs(wav, ref) < 0.05

@@ -476,6 +476,19 @@ class PostNet(nn.Module):
 
 
 @dataclass(frozen=True)
+class AcousticInputs:
+    """One sentence's id streams, each [T] (the trailing end token already dropped); for an SE model ``speaker``
+    is the speaker embedding repeated per token, [T, speaker_units] float."""
+
+    sy: Tensor
+    tone: Tensor
+    syllable_flag: Tensor
+    word_segment: Tensor
+    emotion: Tensor
+    speaker: Tensor
+
+
+@dataclass(frozen=True)
 class AcousticOutput:
     log_duration: Tensor  # [T]
     pitch: Tensor  # [T]
@@ -654,18 +667,12 @@ class SambertModel(nn.Module):
 
     def infer(
         self,
-        sy: Tensor,
-        tone: Tensor,
-        syllable_flag: Tensor,
-        word_segment: Tensor,
-        emotion: Tensor,
-        speaker: Tensor,
+        inputs: AcousticInputs,
         speed: float = 1.0,
         timings: MutableMapping[str, float] | None = None,
         pitch_shift: float = 0.0,
     ) -> AcousticOutput:
-        """Run on one sentence. Id tensors are [T] (the trailing end token already dropped); for an SE model
-        ``speaker`` is the speaker embedding repeated per token, [T, speaker_units] float.
+        """Run on one sentence (``AcousticInputs``).
 
         ``speed`` divides the predicted durations (in frames) before they are rounded, so a sentence at speed 2
         has about half the frames. ``pitch_shift`` is added to every token's predicted pitch before the pitch
@@ -674,7 +681,7 @@ class SambertModel(nn.Module):
         the duration predictor, as the predicted one does. ``AcousticOutput.pitch`` is the pitch that was used.
         """
         t0 = time.perf_counter()
-        ad = self._adapt(sy, tone, syllable_flag, word_segment, emotion, speaker, speed, pitch_shift)
+        ad = self._adapt(inputs, speed, pitch_shift)
         if ad.num_frames == 0:
             empty = ad.memory.new_zeros(0, self.num_mels)
             return AcousticOutput(ad.log_duration, ad.pitch, ad.energy, ad.band, ad.band, 0, empty, empty, ad.durations)
@@ -693,12 +700,7 @@ class SambertModel(nn.Module):
 
     def infer_stream(
         self,
-        sy: Tensor,
-        tone: Tensor,
-        syllable_flag: Tensor,
-        word_segment: Tensor,
-        emotion: Tensor,
-        speaker: Tensor,
+        inputs: AcousticInputs,
         speed: float = 1.0,
         pitch_shift: float = 0.0,
     ) -> AcousticStream:
@@ -708,28 +710,18 @@ class SambertModel(nn.Module):
         frame is decoded. Iterating the stream decodes; the concatenated chunks equal ``infer``'s
         ``postnet_outputs`` up to float rounding.
         """
-        ad = self._adapt(sy, tone, syllable_flag, word_segment, emotion, speaker, speed, pitch_shift)
+        ad = self._adapt(inputs, speed, pitch_shift)
         if self._decoder_plan is None:
             self.prepare()
         assert self._decoder_plan is not None
         return AcousticStream(ad, self._decoder_plan, self.mel_postnet, self.r, self.num_mels)
 
-    def _adapt(
-        self,
-        sy: Tensor,
-        tone: Tensor,
-        syllable_flag: Tensor,
-        word_segment: Tensor,
-        emotion: Tensor,
-        speaker: Tensor,
-        speed: float,
-        pitch_shift: float,
-    ) -> Adapted:
+    def _adapt(self, inputs: AcousticInputs, speed: float, pitch_shift: float) -> Adapted:
         """Text encoder and variance adaptor: per-token predictions and the decoder's memory, one row per step."""
         va = self.variance_adaptor
-        text_hid = self.text_encoder(sy, tone, syllable_flag, word_segment)
-        emo_hid = self.emo_tokenizer(emotion)
-        spk_hid = speaker if self.spk_tokenizer is None else self.spk_tokenizer(speaker)
+        text_hid = self.text_encoder(inputs.sy, inputs.tone, inputs.syllable_flag, inputs.word_segment)
+        emo_hid = self.emo_tokenizer(inputs.emotion)
+        spk_hid = inputs.speaker if self.spk_tokenizer is None else self.spk_tokenizer(inputs.speaker)
 
         pred_in = torch.cat([text_hid, spk_hid, emo_hid], dim=-1)
         pitch = va.pitch_predictor(pred_in)

@@ -35,7 +35,13 @@ from tts_server.inference.engine import (
     VoiceInfo,
 )
 from tts_server.inference.frontend import Frontend
-from tts_server.inference.sambert.acoustic import AcousticOutput, AcousticStream, SambertConfig, SambertModel
+from tts_server.inference.sambert.acoustic import (
+    AcousticInputs,
+    AcousticOutput,
+    AcousticStream,
+    SambertConfig,
+    SambertModel,
+)
 from tts_server.inference.sambert.linguistic import EncodedSymbols, LinguisticUnit, Token
 from tts_server.inference.sambert.loader import (
     VoiceFiles,
@@ -52,7 +58,6 @@ from tts_server.inference.sambert.nsf import (
     NsfDraws,
     NsfHifiGanGenerator,
     binarize_voicing,
-    build_nsf_generator,
 )
 from tts_server.inference.sambert.vocoder import HifiGanConfig, HifiGanGenerator, VocoderStream, build_generator
 from tts_server.inference.timestamps import SentenceTiming, SymbolToken, Unit, pause_samples, symbol_units
@@ -76,10 +81,6 @@ class _Sentence:
     #: What the tokens read, in order (``timestamps.Unit``), and ``<mark>`` names after the pause.
     units: tuple[Unit, ...] = ()
     marks_end: tuple[str, ...] = ()
-
-
-#: sy, tone, syllable_flag, word_segment, emotion, speaker: what ``SambertModel.infer`` takes for one sentence.
-_AmInputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class SambertVoice:
@@ -141,9 +142,8 @@ class SambertVoice:
         self.f0_norm: F0Norm | None = None
         if self.nsf:
             self.f0_norm = F0Norm.from_params(params, str(files.am_config), files.mvn)
-            self.vocoder: HifiGanGenerator = build_nsf_generator(self.voc_config, voc_state, files.voc_checkpoint)
-        else:
-            self.vocoder = build_generator(self.voc_config, voc_state, files.voc_checkpoint)
+        generator = NsfHifiGanGenerator if self.nsf else HifiGanGenerator
+        self.vocoder = build_generator(self.voc_config, voc_state, files.voc_checkpoint, generator)
         self.sample_rate = sample_rate
         self.hop_length = self.voc_config.hop_length
         self._check_audio_config()
@@ -175,7 +175,7 @@ class SambertVoice:
         if isinstance(rate, int) and rate != self.sample_rate:
             raise EngineLoadError(f"voice {self.name!r}: {path} sampling_rate {rate} != model {self.sample_rate}")
 
-    def _inputs(self, encoded: EncodedSymbols) -> _AmInputs:
+    def _inputs(self, encoded: EncodedSymbols) -> AcousticInputs:
         """The acoustic model's id streams for one sentence (the trailing end token dropped)."""
 
         def ids(a: npt.NDArray[np.int64]) -> torch.Tensor:
@@ -185,8 +185,8 @@ class SambertVoice:
         if self.se is not None:
             # The reference repeats the embedding once per token (the end token's row dropped with it).
             speaker = self.se.expand(speaker.shape[0], -1)
-        return (ids(encoded.sy), ids(encoded.tone), ids(encoded.syllable_flag), ids(encoded.word_segment),
-                ids(encoded.emotion), speaker)
+        return AcousticInputs(ids(encoded.sy), ids(encoded.tone), ids(encoded.syllable_flag),
+                              ids(encoded.word_segment), ids(encoded.emotion), speaker)
 
     def acoustic(
         self,
@@ -196,11 +196,11 @@ class SambertVoice:
         pitch_shift: float = 0.0,
     ) -> AcousticOutput:
         """Run the acoustic model on one sentence's id streams."""
-        return self.am.infer(*self._inputs(encoded), speed=speed, timings=timings, pitch_shift=pitch_shift)
+        return self.am.infer(self._inputs(encoded), speed=speed, timings=timings, pitch_shift=pitch_shift)
 
     def acoustic_stream(self, encoded: EncodedSymbols, speed: float = 1.0, pitch_shift: float = 0.0) -> AcousticStream:
         """Like ``acoustic``, the mel decoded chunk by chunk as it is iterated (``AcousticStream.chunks``)."""
-        return self.am.infer_stream(*self._inputs(encoded), speed=speed, pitch_shift=pitch_shift)
+        return self.am.infer_stream(self._inputs(encoded), speed=speed, pitch_shift=pitch_shift)
 
     def vocoder_input(self, mel: torch.Tensor) -> torch.Tensor:
         """The acoustic model's output as the vocoder takes it: for NSF voices f0 back in Hz and voicing 0/1."""

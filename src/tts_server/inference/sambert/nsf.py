@@ -32,8 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tts_server.inference.engine import EngineLoadError
-from tts_server.inference.sambert.loader import load_strict
-from tts_server.inference.sambert.vocoder import HifiGanConfig, HifiGanGenerator, fold_weight_norm
+from tts_server.inference.sambert.vocoder import HifiGanConfig, HifiGanGenerator
 
 #: Voicing flag threshold (ModelScope's ``denorm_f0``/``binarize``) and the floor of the de-normalised f0 (Hz).
 UV_THRESHOLD = 0.6
@@ -209,39 +208,5 @@ class NsfHifiGanGenerator(HifiGanGenerator):
             draws = NsfDraws.draw(self.harmonics, x.shape[0] * cfg.hop_length, generator)
         feats = x.t().unsqueeze(0)
         excitation = self.source_module(feats[:, -2:-1], feats[:, -1:], draws)
-        slope = cfg.negative_slope
-        n_kernels = len(cfg.resblock_kernel_sizes)
-        fused = self._fused_up
-        h = self.conv_pre(feats[:, :-2])
-        for i, scale in enumerate(cfg.upsample_scales):
-            h = torch.sin(h).add_(h)
-            act = F.leaky_relu(h, slope)
-            length = act.shape[-1] * scale
-            e = self._downs[i](excitation)
-            if fused is not None:
-                kernel, bias = fused[i]
-                h = F.conv_transpose1d(act, kernel, bias, stride=scale)[:, :, :length] + e
-            else:
-                up = self._deconvs[i](act)
-                if cfg.repeat_upsample:
-                    rep = self._repeat_convs[i](torch.repeat_interleave(act, scale, dim=-1))
-                    h = rep + e + up[:, :, :length]
-                else:
-                    h = up[:, :, :length] + e
-            blocks = self._blocks[i * n_kernels : (i + 1) * n_kernels]
-            hs = blocks[0](h)
-            for block in blocks[1:]:
-                hs = hs.add_(block(h))
-            h = hs.div_(n_kernels)
-        h = self.conv_post(F.leaky_relu(h))
-        return torch.tanh(h).reshape(-1)
+        return self._generate(feats[:, :-2], lambda stage: self._downs[stage](excitation))
 
-
-def build_nsf_generator(cfg: HifiGanConfig, raw_state: Mapping[str, Tensor], path: Path) -> NsfHifiGanGenerator:
-    gen = NsfHifiGanGenerator(cfg)
-    load_strict(gen, fold_weight_norm(gen, raw_state, path, cfg.use_weight_norm), path)
-    gen.eval()
-    gen.prepare()
-    for p in gen.parameters():
-        p.requires_grad_(False)
-    return gen

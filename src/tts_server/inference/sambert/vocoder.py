@@ -256,11 +256,16 @@ class HifiGanGenerator(nn.Module):
         """``mel``: [frames, in_channels] -> waveform [frames * hop]."""
         if self._nwc is not None:
             return self._nwc.run(mel)
+        return self._generate(mel.t().unsqueeze(0), None)
+
+    def _generate(self, feats: Tensor, excitation: Callable[[int], Tensor] | None) -> Tensor:
+        """[1, in_channels, frames] -> waveform; an NSF generator adds ``excitation(stage)`` (its source signal
+        at that upsampling stage's rate) after each stage's upsampling."""
         cfg = self.cfg
         slope = cfg.negative_slope
         n_kernels = len(cfg.resblock_kernel_sizes)
         fused = self._fused_up
-        x = self.conv_pre(mel.t().unsqueeze(0))
+        x = self.conv_pre(feats)
         for i, scale in enumerate(cfg.upsample_scales):
             x = torch.sin(x).add_(x)
             act = F.leaky_relu(x, slope)
@@ -269,12 +274,11 @@ class HifiGanGenerator(nn.Module):
                 kernel, bias = fused[i]
                 x = F.conv_transpose1d(act, kernel, bias, stride=scale)[:, :, :length]
             else:
-                up = self._deconvs[i](act)
+                x = self._deconvs[i](act)[:, :, :length]
                 if cfg.repeat_upsample:
-                    rep = self._repeat_convs[i](torch.repeat_interleave(act, scale, dim=-1))
-                    x = rep + up[:, :, :length]
-                else:
-                    x = up
+                    x = self._repeat_convs[i](torch.repeat_interleave(act, scale, dim=-1)) + x
+            if excitation is not None:
+                x = x + excitation(i)
             blocks = self._blocks[i * n_kernels : (i + 1) * n_kernels]
             xs = blocks[0](x)
             for block in blocks[1:]:
@@ -464,8 +468,13 @@ def fold_weight_norm(module: nn.Module, raw: Mapping[str, Tensor], path: Path, w
     return folded
 
 
-def build_generator(cfg: HifiGanConfig, raw_state: Mapping[str, Tensor], path: Path) -> HifiGanGenerator:
-    gen = HifiGanGenerator(cfg)
+def build_generator(
+    cfg: HifiGanConfig, raw_state: Mapping[str, Tensor], path: Path,
+    generator: type[HifiGanGenerator] = HifiGanGenerator,
+) -> HifiGanGenerator:
+    """Build ``generator`` (the NSF one for a personal voice) from the config, load the checkpoint strictly with
+    weight norm folded, and freeze it for inference."""
+    gen = generator(cfg)
     load_strict(gen, fold_weight_norm(gen, raw_state, path, cfg.use_weight_norm), path)
     gen.eval()
     gen.prepare()
