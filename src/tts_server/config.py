@@ -128,6 +128,54 @@ class ModelSettings(_Section):
         return value.expanduser() if value is not None else None
 
 
+class ExtraVoice(_Section):
+    """A fine-tuned (personal) voice outside the model directory: the files a ModelScope personal-TTS fine-tune
+    writes. In a config file, relative paths are relative to the file."""
+
+    #: The voice's name in requests and ``/v1/voices``; must not clash with a voice of the model directory.
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    #: KAN-TTS acoustic model config (``am/config.yaml``) and checkpoint: a ``.pth`` file, or a directory of
+    #: ``checkpoint_<n>.pth`` files (the highest ``n`` is used).
+    am_config: Path
+    am_checkpoint: Path
+    #: KAN-TTS HiFi-GAN config and checkpoint (file or directory, as for the acoustic model).
+    voc_config: Path
+    voc_checkpoint: Path
+    #: The speaker embedding (``se.npy``, float32 (1, speaker_units)): needed when the acoustic model has SE.
+    se: Path | None = None
+    #: f0 mean/std (``mvn.npy``): needed when the acoustic model's ``nsf_norm_type`` is ``mean_std``.
+    mvn: Path | None = None
+    #: The linguistic dictionary (the folder holding ``PinYin/``); default: that of the model directory's first
+    #: voice, which a fine-tune of it shares.
+    dict_dir: Path | None = None
+    #: KAN-TTS ``audio_config.yaml``, optional: its sampling rate is the voice's, and its hop length is checked.
+    audio_config: Path | None = None
+    #: The voice's sample rate; default: ``audio_config``'s, else the model directory's.
+    sample_rate: int | None = Field(None, ge=8000, le=48000)
+
+    @field_validator("am_config", "am_checkpoint", "voc_config", "voc_checkpoint", "se", "mvn", "dict_dir",
+                     "audio_config")
+    @classmethod
+    def _expand_home(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+
+class VoicesSettings(_Section):
+    """Voices beside the model directory's: ``[[voices.extra]]`` tables, loaded after its voices, in order."""
+
+    extra: tuple[ExtraVoice, ...] = ()
+
+    @field_validator("extra")
+    @classmethod
+    def _unique_names(cls, value: tuple[ExtraVoice, ...]) -> tuple[ExtraVoice, ...]:
+        seen: set[str] = set()
+        for voice in value:
+            if voice.name in seen:
+                raise ValueError(f"two entries are named {voice.name!r}")
+            seen.add(voice.name)
+        return value
+
+
 class LimitSettings(_Section):
     max_text_chars: int = Field(500, ge=1)
 
@@ -285,6 +333,7 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     pool: PoolSettings = PoolSettings()
     model: ModelSettings = ModelSettings()
+    voices: VoicesSettings = VoicesSettings()
     limits: LimitSettings = LimitSettings()
     engine: EngineSettings = EngineSettings()
     auth: AuthSettings = AuthSettings()
@@ -352,6 +401,16 @@ def _is_path_type(annotation: Any) -> bool:
     return False
 
 
+def _item_model(annotation: Any) -> type[BaseModel] | None:
+    """The section model of a ``tuple[Model, ...]`` field (``[[section.list]]`` tables), else None."""
+    if typing.get_origin(annotation) not in (tuple, list):
+        return None
+    args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+    if len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+        return args[0]
+    return None
+
+
 def _is_relative(value: str) -> bool:
     # "~/x" is absolute once the field's validator expands it; "" is left for validation to judge.
     return bool(value) and not value.startswith("~") and not Path(value).is_absolute()
@@ -371,6 +430,8 @@ def _resolve_file_paths(model: type[BaseModel], values: Mapping[str, Any], base:
         annotation = field.annotation
         if isinstance(value, Mapping) and isinstance(annotation, type) and issubclass(annotation, BaseModel):
             out[name] = _resolve_file_paths(annotation, value, base)
+        elif isinstance(value, list) and (item := _item_model(annotation)) is not None:
+            out[name] = [_resolve_file_paths(item, v, base) if isinstance(v, Mapping) else v for v in value]
         elif isinstance(value, str) and _is_path_type(annotation) and _is_relative(value):
             out[name] = str(base / value)
     return out

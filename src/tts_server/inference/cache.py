@@ -51,17 +51,33 @@ class CacheDirError(RuntimeError):
 
 
 def model_revision(settings: Settings) -> str:
-    """What identifies the model's output: engine, model id, local files (path, size, mtime) and the
-    operator's ``cache.revision``, so replacing weights in place never serves stale audio."""
+    """What identifies the model's output: engine, model id, local files (path, size, mtime) of the model
+    directory and of every ``[[voices.extra]]`` voice, and the operator's ``cache.revision``, so replacing weights
+    in place never serves stale audio."""
     parts: list[str] = [settings.engine.name, settings.model.model_id, settings.cache.revision]
     model_dir = settings.model.model_dir
     if model_dir is not None:
         parts.append(str(model_dir.resolve()))
-        with contextlib.suppress(OSError):
-            for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
-                st = path.stat()
-                parts.append(f"{path.relative_to(model_dir)}:{st.st_size}:{st.st_mtime_ns}")
+        parts += _file_stamps(model_dir, model_dir)
+    for extra in settings.voices.extra:
+        parts.append(f"extra:{extra.name}")
+        for path in (extra.am_config, extra.am_checkpoint, extra.voc_config, extra.voc_checkpoint, extra.se,
+                     extra.mvn, extra.dict_dir, extra.audio_config):
+            if path is not None:
+                parts += _file_stamps(path, None)
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _file_stamps(path: Path, relative_to: Path | None) -> list[str]:
+    """``name:size:mtime`` of a file, or of every file under a directory (names relative to ``relative_to``)."""
+    out: list[str] = []
+    with contextlib.suppress(OSError):
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            st = file.stat()
+            name = file.relative_to(relative_to) if relative_to is not None else file.resolve()
+            out.append(f"{name}:{st.st_size}:{st.st_mtime_ns}")
+    return out
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,9 @@ from tts_server.inference.sambert.acoustic import (
 from tts_server.inference.sambert.linguistic import EncodedSymbols, LinguisticUnit, Token
 from tts_server.inference.sambert.loader import (
     VoiceFiles,
+    audio_config_rate,
     config_section,
+    extra_voice_files,
     load_state_dict,
     load_strict,
     read_voice_names,
@@ -63,7 +65,7 @@ from tts_server.inference.sambert.vocoder import HifiGanConfig, HifiGanGenerator
 from tts_server.inference.timestamps import SentenceTiming, SymbolToken, Unit, pause_samples, symbol_units
 
 if TYPE_CHECKING:
-    from tts_server.config import Settings
+    from tts_server.config import ExtraVoice, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -160,8 +162,8 @@ class SambertVoice:
         self.default_speaker = self.unit.speakers[0]
 
     def _check_audio_config(self) -> None:
-        path = self.files.root / "audio_config.yaml"
-        if not path.is_file():
+        path = self.files.audio_config
+        if path is None or not path.is_file():
             return
         section = read_yaml(path).get("audio_config")
         if not isinstance(section, Mapping):
@@ -226,7 +228,10 @@ class SambertVoice:
 def _load_speaker_embedding(path: Path | None, units: int) -> torch.Tensor:
     """``se.npy``: the voice's speaker embedding, float (1, units) (or (units,)) -> [1, units] float32."""
     expected = f"a float32 array of shape (1, {units})"
-    if path is None or not path.is_file():
+    if path is None:
+        raise EngineLoadError(f"the acoustic model takes a speaker embedding (SE) but no se.npy was given "
+                              f"(expected {expected})")
+    if not path.is_file():
         raise EngineLoadError(f"the acoustic model takes a speaker embedding but {path} does not exist ({expected})")
     try:
         se = np.load(path, allow_pickle=False)
@@ -550,12 +555,35 @@ def load_voices(model_dir: Path, only: Collection[str] = ()) -> list[SambertVoic
     return voices
 
 
+def load_extra_voices(entries: Collection[ExtraVoice], model_dir: Path, taken: Collection[str]) -> list[SambertVoice]:
+    """The ``[[voices.extra]]`` voices. A bad entry fails with one line that names it and says why."""
+    voices = []
+    names = set(taken)
+    for entry in entries:
+        t0 = time.perf_counter()
+        try:
+            if entry.name in names:
+                raise EngineLoadError("the name is already used by a voice of the model directory")
+            files = extra_voice_files(entry, model_dir / "voices" / read_voice_names(model_dir)[0] / "dict")
+            rate = entry.sample_rate
+            if rate is None and files.audio_config is not None:
+                rate = audio_config_rate(files.audio_config)
+            voices.append(SambertVoice(files, rate or _model_sample_rate(model_dir)))
+        except EngineLoadError as exc:
+            reason = " ".join(str(exc).split())
+            raise EngineLoadError(f"voices.extra entry {entry.name!r}: {reason}") from exc
+        names.add(entry.name)
+        logger.info("loaded personal voice %s in %.2f s", entry.name, time.perf_counter() - t0)
+    return voices
+
+
 def load_sambert_engine(settings: Settings) -> SambertEngine:
     """Build the engine from ``settings.model``: local ``model_dir`` or ``model_id`` downloaded into the cache."""
     cfg = settings.model
     torch.set_num_threads(cfg.torch_threads)
     model_dir = resolve_model_dir(cfg.model_dir, cfg.model_id, cfg.download_dir)
     voices = load_voices(model_dir, cfg.voices)
+    voices += load_extra_voices(settings.voices.extra, model_dir, [v.name for v in voices])
     if cfg.vocoder_precision == "bf16":
         for voice in voices:
             if not voice.vocoder.use_bfloat16():

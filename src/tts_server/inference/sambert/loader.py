@@ -2,7 +2,8 @@
 
 Layout (per voice, under ``voices/<name>/``): ``am/config.yaml``, ``am/ckpt/checkpoint_<n>.pth`` (``['model']``),
 ``voc/config.yaml``, ``voc/ckpt/checkpoint_<n>.pth`` (``['model']['generator']``), ``dict/<language>/`` (phone set
-and tone list). ``voices/voices.json`` lists the voices; its first entry is the default voice.
+and tone list). ``voices/voices.json`` lists the voices; its first entry is the default voice. Voices outside the
+directory (``[[voices.extra]]`` in the settings) name each of their files (``extra_voice_files``).
 
 Everything here fails with :class:`EngineLoadError` whose message names the file (and key) at fault, because a
 worker that cannot load its model must say exactly why before it exits.
@@ -16,12 +17,15 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
 
 from tts_server.inference.engine import EngineLoadError, VoiceKind
+
+if TYPE_CHECKING:
+    from tts_server.config import ExtraVoice
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +49,8 @@ class VoiceFiles:
     mvn: Path | None = None
     #: ``built-in`` (listed in the model directory) or ``personal`` (added by ``[[voices.extra]]``).
     kind: VoiceKind = "built-in"
+    #: KAN-TTS ``audio_config.yaml``, checked against the model when it exists.
+    audio_config: Path | None = None
 
 
 def resolve_model_dir(model_dir: Path | None, model_id: str, download_dir: Path) -> Path:
@@ -124,7 +130,52 @@ def voice_files(model_dir: Path, name: str, language: str | None = None) -> Voic
         dict_dir=root / "dict",
         se=root / "am" / "se.npy",
         mvn=root / "am" / "mvn.npy",
+        audio_config=root / "audio_config.yaml",
     )
+
+
+def _checkpoint(path: Path, what: str) -> Path:
+    """A checkpoint file as given, or the latest ``checkpoint_<n>.pth`` of a directory."""
+    if path.is_dir():
+        return latest_checkpoint(path)
+    if not path.is_file():
+        raise EngineLoadError(f"{what} {path} does not exist")
+    return path
+
+
+def extra_voice_files(entry: ExtraVoice, default_dict_dir: Path) -> VoiceFiles:
+    """The files of a ``[[voices.extra]]`` voice, each checked to exist (the speaker embedding and f0 statistics
+    are checked when the configs turn out to need them)."""
+    for what, path in (("am_config", entry.am_config), ("voc_config", entry.voc_config)):
+        if not path.is_file():
+            raise EngineLoadError(f"{what} {path} does not exist")
+    dict_dir = entry.dict_dir if entry.dict_dir is not None else default_dict_dir
+    if not dict_dir.is_dir():
+        raise EngineLoadError(f"dict_dir {dict_dir} does not exist (the folder holding the voice's PinYin/ "
+                              f"dictionary)")
+    for what, optional in (("se", entry.se), ("mvn", entry.mvn), ("audio_config", entry.audio_config)):
+        if optional is not None and not optional.is_file():
+            raise EngineLoadError(f"{what} {optional} does not exist")
+    return VoiceFiles(
+        name=entry.name,
+        root=entry.am_config.parent,
+        am_config=entry.am_config,
+        am_checkpoint=_checkpoint(entry.am_checkpoint, "am_checkpoint"),
+        voc_config=entry.voc_config,
+        voc_checkpoint=_checkpoint(entry.voc_checkpoint, "voc_checkpoint"),
+        dict_dir=dict_dir,
+        se=entry.se,
+        mvn=entry.mvn,
+        kind="personal",
+        audio_config=entry.audio_config,
+    )
+
+
+def audio_config_rate(path: Path) -> int | None:
+    """``audio_config.sampling_rate`` of a KAN-TTS ``audio_config.yaml`` (None when it has none)."""
+    section = read_yaml(path).get("audio_config")
+    rate = section.get("sampling_rate") if isinstance(section, Mapping) else None
+    return rate if isinstance(rate, int) and not isinstance(rate, bool) and rate > 0 else None
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -65,7 +65,10 @@ class F0Norm:
                 )
             return cls("global", f0_min=float(lo), f0_max=float(hi))
         if norm_type == "mean_std":
-            if mvn_path is None or not mvn_path.is_file():
+            if mvn_path is None:
+                raise EngineLoadError(f"{source}: nsf_norm_type mean_std needs the f0 mean/std file mvn.npy, "
+                                      f"which was not given (expected a float array of shape (2, 1): mean, std)")
+            if not mvn_path.is_file():
                 raise EngineLoadError(
                     f"{source}: nsf_norm_type mean_std needs the f0 mean/std file {mvn_path}, which does not exist "
                     f"(expected a float array of shape (2, 1): mean, std)"

@@ -1,0 +1,164 @@
+"""Personal voices added in the settings (``[[voices.extra]]``): loaded beside the model directory's voices, paths
+relative to the config file, and a bad entry stops start-up with one line that names it."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.conftest import running_app
+from tests.tinymodel import build_tiny_model_dir, build_tiny_personal_voice
+from tts_server.config import ConfigError, Settings, load_settings
+from tts_server.inference.engine import EngineLoadError
+from tts_server.inference.sambert.engine import SambertEngine, load_sambert_engine
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("personal")
+    build_tiny_model_dir(root / "model")
+    build_tiny_personal_voice(root / "finetune")
+    return root
+
+
+@pytest.fixture
+def layout(built: Path, tmp_path: Path) -> Path:
+    """A copy (tests break files in it): ``model/`` (the base model), ``finetune/`` (the personal voice)."""
+    return Path(shutil.copytree(built, tmp_path / "layout"))
+
+
+def _toml_value(value: object) -> str:
+    return f'"{value}"' if isinstance(value, str) else str(value).lower()
+
+
+def _write_config(path: Path, entries: list[dict[str, Any]]) -> Path:
+    lines = ['[model]', 'model_dir = "model"', 'torch_threads = 1', '']
+    for entry in entries:
+        lines.append("[[voices.extra]]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in entry.items()]
+        lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def _entry(**changes: Any) -> dict[str, Any]:
+    entry = {"name": "my_voice", "am_config": "finetune/am/config.yaml", "am_checkpoint": "finetune/am/ckpt",
+             "voc_config": "finetune/voc/config.yaml", "voc_checkpoint": "finetune/voc/ckpt/checkpoint_0.pth",
+             "se": "finetune/se/se.npy", "audio_config": "finetune/audio_config.yaml"}
+    entry.update(changes)
+    return {k: v for k, v in entry.items() if v is not None}
+
+
+def _engine(layout: Path, *entries: dict[str, Any]) -> SambertEngine:
+    return load_sambert_engine(load_settings(_write_config(layout / "tts.toml", list(entries or [_entry()]))))
+
+
+def test_extra_voice_is_served_beside_the_model_directory(layout: Path) -> None:
+    settings = load_settings(_write_config(layout / "tts.toml", [_entry()]))
+    (extra,) = settings.voices.extra
+    # Relative to the config file, not to the working directory.
+    assert extra.am_config == layout / "finetune" / "am" / "config.yaml"
+    assert extra.mvn is None
+    engine = load_sambert_engine(settings)
+    voices = engine.voices()
+    assert list(voices) == ["zhitian_emo", "my_voice"]  # the model directory's voices first: its first is default
+    mine = voices["my_voice"]
+    assert (mine.kind, mine.stochastic, mine.sample_rate) == ("personal", True, 16000)
+    assert (voices["zhitian_emo"].kind, voices["zhitian_emo"].stochastic) == ("built-in", False)
+    a = engine.synthesize("你好。", "my_voice", "neutral", 1.0, seed=5)
+    b = engine.synthesize("你好。", "my_voice", "neutral", 1.0, seed=5)
+    c = engine.synthesize("你好。", "my_voice", "neutral", 1.0, seed=6)
+    assert len(a.audio) > 0
+    np.testing.assert_array_equal(a.audio, b.audio)
+    assert not np.array_equal(a.audio, c.audio)
+
+
+def test_mean_std_f0_norm_reads_mvn(layout: Path) -> None:
+    voice = layout / "finetune"
+    for path in (voice / "am" / "config.yaml", voice / "voc" / "config.yaml"):
+        path.write_text(path.read_text(encoding="utf-8").replace("nsf_norm_type: global",
+                                                                 "nsf_norm_type: mean_std"), encoding="utf-8")
+    with pytest.raises(EngineLoadError, match=r"mvn\.npy, which was not given"):
+        _engine(layout)
+    engine = _engine(layout, _entry(mvn="finetune/data/mvn.npy"))
+    norm = engine._voices["my_voice"].f0_norm
+    assert norm is not None
+    assert (norm.norm_type, norm.mean, norm.std) == ("mean_std", 200.0, 50.0)
+
+
+def _break_se_shape(layout: Path) -> None:
+    np.save(layout / "finetune" / "se" / "se.npy", np.zeros((1, 3), dtype=np.float32))
+
+
+def _break_am_checkpoint(layout: Path) -> None:
+    (layout / "finetune" / "am" / "ckpt" / "checkpoint_0.pth").write_bytes(b"not a checkpoint")
+
+
+@pytest.mark.parametrize(("entry", "breakage", "needles"), [
+    (_entry(am_checkpoint="finetune/am/ckpt/checkpoint_9.pth"), None, ["am_checkpoint", "does not exist"]),
+    (_entry(voc_config="finetune/voc/nope.yaml"), None, ["voc_config", "nope.yaml"]),
+    (_entry(se=None), None, ["no se.npy was given", "(1, 4)"]),
+    (_entry(se="finetune/se/other.npy"), None, ["se ", "other.npy", "does not exist"]),
+    (_entry(), _break_se_shape, ["se.npy", "(1, 4)", "(1, 3)"]),
+    (_entry(), _break_am_checkpoint, ["checkpoint_0.pth"]),
+    (_entry(name="zhitian_emo"), None, ["already used by a voice of the model directory"]),
+    (_entry(dict_dir="finetune/dict"), None, ["dict_dir", "does not exist"]),
+    (_entry(audio_config="model/voices/zhitian_emo/audio_config.yaml", sample_rate=24000), None,
+     ["sampling_rate 16000 != model 24000"]),
+], ids=["am_checkpoint", "voc_config", "no_se", "se_missing", "se_shape", "bad_checkpoint", "name_clash",
+        "dict_dir", "rate_mismatch"])
+def test_a_bad_entry_is_one_line_naming_it(layout: Path, entry: dict[str, Any],
+                                           breakage: Callable[[Path], None] | None, needles: list[str]) -> None:
+    entries = [entry]
+    if breakage is not None:
+        breakage(layout)
+    else:
+        entries.insert(0, _entry(name="fine"))  # a good entry before it loads; the bad one is named
+    with pytest.raises(EngineLoadError) as info:
+        _engine(layout, *entries)
+    message = str(info.value)
+    assert message.startswith(f"voices.extra entry {entry['name']!r}: "), message
+    assert "\n" not in message
+    for needle in needles:
+        assert needle in message, message
+
+
+@pytest.mark.parametrize(("entries", "needle"), [
+    ([_entry(colour="blue")], "unknown key 'voices.extra.0.colour'"),
+    ([_entry(am_config=None)], "'voices.extra.0.am_config': Field required"),
+    ([_entry(), _entry()], "two entries are named 'my_voice'"),
+    ([_entry(name="my voice")], "'voices.extra.0.name'"),
+])
+def test_settings_refuse_malformed_entries(tmp_path: Path, entries: list[dict[str, Any]], needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(_write_config(tmp_path / "tts.toml", entries))
+    assert needle in str(info.value)
+
+
+def test_extra_voices_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TTS_VOICES__EXTRA", '[{"name": "v", "am_config": "/a.yaml", "am_checkpoint": "/a", '
+                                            '"voc_config": "/v.yaml", "voc_checkpoint": "/v"}]')
+    (extra,) = load_settings(None).voices.extra
+    assert (extra.name, extra.am_config, extra.se) == ("v", Path("/a.yaml"), None)
+
+
+async def test_a_bad_entry_stops_start_up_with_its_reason(layout: Path,
+                                                          make_settings: Callable[..., Settings]) -> None:
+    entry = {k: str(layout / v) if k != "name" else v for k, v in _entry(se=None).items()}
+    settings = make_settings(engine={"name": "sambert"}, pool={"workers": 1, "restart_backoff_s": 0.1},
+                             model={"model_dir": str(layout / "model")}, voices={"extra": [entry]})
+    async with running_app(settings, wait_ready=False) as (app, _):
+        pool = app.state.tts.pool
+        deadline = time.monotonic() + 60
+        while pool.startup_error is None:
+            assert time.monotonic() < deadline, "start-up never failed"
+            await asyncio.sleep(0.05)
+    assert "EngineLoadError: voices.extra entry 'my_voice': the acoustic model takes a speaker embedding (SE) but " \
+           "no se.npy was given" in pool.startup_error
