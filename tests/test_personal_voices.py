@@ -4,9 +4,10 @@ relative to the config file, and a bad entry stops start-up with one line that n
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +163,96 @@ async def test_a_bad_entry_stops_start_up_with_its_reason(layout: Path,
             await asyncio.sleep(0.05)
     assert "EngineLoadError: voices.extra entry 'my_voice': the acoustic model takes a speaker embedding (SE) but " \
            "no se.npy was given" in pool.startup_error
+
+
+# --- served like any voice: HTTP, the OpenAI route, the WebUI ------------------------------------------------------
+
+
+def _served_settings(layout: Path, make_settings: Callable[..., Settings], **sections: Any) -> Settings:
+    entry = {k: str(layout / v) if k != "name" else v for k, v in _entry().items()}
+    return make_settings(engine={"name": "sambert"}, pool={"workers": 1},
+                         model={"model_dir": str(layout / "model")}, voices={"extra": [entry]}, **sections)
+
+
+async def test_a_personal_voice_is_served_over_http_and_the_openai_route(
+        layout: Path, make_settings: Callable[..., Settings]) -> None:
+    settings = _served_settings(layout, make_settings, cache={"enabled": True})
+    async with running_app(settings) as (_, client):
+        listed = (await client.get("/v1/voices")).json()
+        assert listed["default_voice"] == "zhitian_emo"
+        mine = {v["name"]: v for v in listed["voices"]}["my_voice"]
+        assert (mine["kind"], mine["stochastic"], mine["sample_rate"]) == ("personal", True, 16000)
+        assert "neutral" in mine["emotions"]
+
+        body = {"text": "你好，世界。", "voice": "my_voice", "format": "pcm", "seed": 5}
+        # A seeded stream (not stored) equals the seeded whole response: same draws, in the same order.
+        streamed = await client.post("/v1/synthesize", json={**body, "stream": True})
+        whole = await client.post("/v1/synthesize", json=body)
+        assert (streamed.status_code, whole.status_code) == (200, 200)
+        assert (streamed.headers["x-cache"], whole.headers["x-cache"]) == ("miss", "miss")
+        assert len(whole.content) > 1000
+        assert streamed.content == whole.content
+        again = await client.post("/v1/synthesize", json=body)
+        assert (again.headers["x-cache"], again.content) == ("hit", whole.content)
+        # Without a seed each request draws afresh: different audio, never from the cache.
+        unseeded = [await client.post("/v1/synthesize", json={**body, "seed": None}) for _ in range(2)]
+        assert [r.headers["x-cache"] for r in unseeded] == ["miss", "miss"]
+        assert unseeded[0].content != unseeded[1].content
+        assert len(unseeded[0].content) == len(whole.content)  # the durations are deterministic
+
+        speech = {"model": "tts-1", "input": "你好，世界。", "voice": "my_voice", "response_format": "pcm"}
+        r = await client.post("/v1/audio/speech", json={**speech, "seed": 5})
+        assert r.status_code == 200
+        assert (r.headers["x-cache"], r.content) == ("hit", whole.content)
+        r = await client.post("/v1/audio/speech", json={**speech, "seed": 6, "response_format": "wav"})
+        assert r.status_code == 200
+        assert r.headers["x-cache"] == "miss"
+        assert r.content[:4] == b"RIFF"
+        r = await client.post("/v1/audio/speech", json=speech)
+        assert (r.status_code, r.headers["x-cache"]) == (200, "miss")
+
+
+@pytest.fixture
+def page_of(make_settings: Callable[..., Settings]) -> Iterator[Callable[[Settings], Any]]:
+    """Opens the WebUI of a live server with the given settings in headless chromium."""
+    from tests.test_webui import CHROMIUM, CHROMIUM_ARGS, LiveServer, _require_browser, _webui_app
+
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    servers: list[LiveServer] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+
+        def open_(settings: Settings) -> Any:
+            server = LiveServer(_webui_app(settings))
+            servers.append(server)
+            server.start()
+            page = browser.new_context(viewport={"width": 900, "height": 1000}, locale="zh-CN").new_page()
+            page.set_default_timeout(30_000)
+            page.goto(server.url + "/")
+            page.wait_for_selector("body[data-ready='true']")
+            return page
+
+        try:
+            yield open_
+        finally:
+            browser.close()
+            for server in servers:
+                server.stop()
+
+
+def test_a_personal_voice_in_the_webui(layout: Path, make_settings: Callable[..., Settings],
+                                       page_of: Callable[[Settings], Any]) -> None:
+    page = page_of(_served_settings(layout, make_settings, server={"drain_timeout_s": 5.0}))
+    assert page.locator("#voice option").all_inner_texts() == ["zhitian_emo", "my_voice · 个人 personal"]
+    assert page.locator("#voice").input_value() == "zhitian_emo"
+    page.select_option("#voice", "my_voice")
+    page.fill("#text", "你好。")
+    page.click("#synthesize")
+    page.wait_for_function("""() => {
+        const a = document.getElementById('player');
+        return a.src.startsWith('blob:') && a.readyState >= 1 && a.duration > 0;
+    }""")
+    assert page.is_hidden("#error")
+    assert re.fullmatch(r"tts-my_voice-neutral-\d{8}-\d{6}\.wav", page.get_attribute("#download", "download"))
