@@ -14,7 +14,9 @@ Differences from OpenAI, each announced in a response header where it applies:
 - ``stream_format``: omitted -> the whole file (cacheable); ``audio`` -> wav/pcm sent chunk by chunk (a few mel
   frames each) as they are synthesised (wav with a streaming header), other formats whole; ``sse`` ->
   ``speech.audio.delta`` events with base64 audio and a final ``speech.audio.done`` with usage (tokens are input
-  characters). An error after the first event is sent in-band as an ``error`` event.
+  characters). An error after the first event is sent in-band as an ``error`` event. With our ``timestamps``
+  extension (sse only) a ``speech.timestamps`` event precedes each sentence's audio: its ``sentence``, ``words``,
+  ``syllables``, ``characters`` and ``marks``, shaped like the /v1/synthesize timestamps answer.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from tts_server.api.serving import (
 from tts_server.api.state import AppState, app_state
 from tts_server.inference.audio import FORMATS, wav_stream_header
 from tts_server.inference.cache import CachedAudio
+from tts_server.inference.timestamps import sentence_events
 
 router = APIRouter()
 
@@ -186,8 +189,11 @@ def _resolve(body: SpeechRequest, ex: Exchange, pcm_24khz: bool | None) -> tuple
     if allowed is not None and rate not in allowed:
         # Only reachable with an unusual model rate; the closest codec rate above keeps the quality.
         rate = min((r for r in allowed if r >= rate), default=allowed[-1])
+    if body.timestamps and body.stream_format != "sse":
+        raise invalid(errors.INVALID_REQUEST, "timestamps are sent as server-sent events: set stream_format to sse "
+                      "(or use /v1/synthesize with timestamps for one JSON answer)", "timestamps")
     job = ex.job_for(text=body.input, input_format=body.input_format, voice=info.name, emotion=emotion,
-                     speed=speed, rate=rate, stochastic=info.stochastic, seed=body.seed)
+                     speed=speed, rate=rate, stochastic=info.stochastic, seed=body.seed, timestamps=body.timestamps)
     return job, headers
 
 
@@ -209,7 +215,15 @@ def _done(characters: int) -> bytes:
 _SSE_PIECE: Final = 48 * 1024
 
 
+def _timestamps(event: dict[str, Any]) -> bytes:
+    return _event({"type": "speech.timestamps", **event})
+
+
 async def _sse_whole(item: CachedAudio, characters: int) -> AsyncIterator[bytes]:
+    if item.timestamps:
+        # A whole answer (cached, or a format sent whole): every sentence's timings first, then the audio.
+        for event in sentence_events(json.loads(item.timestamps)):
+            yield _timestamps(event)
     for offset in range(0, max(1, len(item.data)), _SSE_PIECE):
         yield _delta(item.data[offset:offset + _SSE_PIECE])
     yield _done(characters)
@@ -220,7 +234,11 @@ async def _sse_live(live: LiveStream) -> AsyncIterator[bytes]:
         yield _delta(wav_stream_header(live.job.rate))
     try:
         async for piece in live.pcm():
+            for event in live.take_timestamps():
+                yield _timestamps(event)
             yield _delta(piece)
+        for event in live.take_timestamps():
+            yield _timestamps(event)
     except ApiError as error:
         # The status line is long gone; SSE can still say what happened, in the one error body.
         yield b"data: " + _sse_error(error) + b"\n\n"

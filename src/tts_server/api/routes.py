@@ -3,6 +3,8 @@ layer (``api.serving``) runs and records every synthesis."""
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -21,6 +23,7 @@ from tts_server.api.schemas import (
     InfoResponse,
     ProbeResponse,
     SynthesizeRequest,
+    TimestampedAudio,
     VoiceModel,
     VoicesResponse,
     WorkersModel,
@@ -44,6 +47,7 @@ from tts_server.api.serving import (
 )
 from tts_server.api.state import app_state
 from tts_server.inference.audio import FORMATS, SUPPORTED_SAMPLE_RATES, wav_stream_header
+from tts_server.inference.cache import CachedAudio
 from tts_server.inference.pool import NotReady, WorkerState
 
 router = APIRouter()
@@ -58,20 +62,25 @@ def _resolve(body: SynthesizeRequest, ex: Exchange) -> SpeechJob:
     check_text(state, body.text, "text")
     rate = body.sample_rate or info.sample_rate
     check_rate(body.format, rate)
+    if body.stream and body.timestamps:
+        raise invalid(errors.INVALID_REQUEST, "timestamps come with a whole response, not with stream; for timings "
+                      "per sentence stream server-sent events from /v1/audio/speech (stream_format sse, timestamps "
+                      "true)", "timestamps")
     if body.stream and body.format not in STREAMABLE:
         raise invalid(errors.UNSUPPORTED_STREAM_FORMAT, f"streaming supports formats {', '.join(STREAMABLE)}, "
                       f"not {body.format}", "format")
     return ex.job_for(text=body.text, input_format=body.input_format, voice=info.name, emotion=emotion,
                       speed=body.speed, rate=rate, pitch=body.pitch, volume_db=body.volume,
-                      stochastic=info.stochastic, seed=body.seed)
+                      stochastic=info.stochastic, seed=body.seed, timestamps=body.timestamps)
 
 
 @router.post(
     ROUTE,
     summary="Synthesise speech",
     response_class=Response,
-    responses={200: {"content": {spec.media_type: {} for spec in FORMATS.values()},
-                     "description": "Audio in the requested format. Headers: X-Sample-Rate, X-Audio-Duration, "
+    responses={200: {"content": {spec.media_type: {} for spec in FORMATS.values()}, "model": TimestampedAudio,
+                     "description": "Audio in the requested format; with `timestamps: true` JSON (application/json: "
+                                    "the audio base64 and its timings). Headers: X-Sample-Rate, X-Audio-Duration, "
                                     "X-Cache (hit|miss), X-Request-Id."}, **SYNTHESIS_ERRORS},
     tags=["synthesis"],
 )
@@ -89,7 +98,19 @@ async def synthesize(body: SynthesizeRequest, request: Request,
         if item is None:
             item, hit = await synthesize_whole(ex, job)
     ex.succeed()
+    if job.timestamps:
+        return Response(timestamped_body(item, job.fmt), media_type="application/json",
+                        headers={k: v for k, v in audio_headers(item, hit, job).items() if k.startswith("X-")})
     return Response(item.data, media_type=FORMATS[job.fmt].media_type, headers=audio_headers(item, hit, job))
+
+
+def timestamped_body(item: CachedAudio, fmt: str) -> bytes:
+    """The ``TimestampedAudio`` JSON: the document the worker built, with the encoded audio beside it."""
+    document = json.loads(item.timestamps)
+    document.pop("sample_rate", None)  # the model's; the response's is the audio's as sent
+    body = {"audio": base64.b64encode(item.data).decode("ascii"), "format": fmt,
+            "sample_rate": item.sample_rate, "duration": item.audio_seconds, **document}
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 async def raw_audio(live: LiveStream) -> AsyncIterator[bytes]:

@@ -47,6 +47,87 @@ def _speech_text(value: str) -> str:
 SpeechText = Annotated[str, AfterValidator(_speech_text)]
 
 
+TIMESTAMPS_DOC: Final = ("Answer with JSON instead of audio: the audio base64-encoded plus the start and end (ms) "
+                         "of every sentence, word, syllable and spoken character, and the time of every SSML "
+                         "<mark>, from the durations the model used (speed, pauses and <break>s included). Offsets "
+                         "(`begin`, `end`) index the text as sent (Unicode code points; for SSML the document): the "
+                         "syllables of 2026年 all point at `2026年`, a <sub> alias at the element's content.")
+
+
+class SentenceTimes(BaseModel):
+    index: int
+    text: str = Field(..., description="The part of the input the sentence reads.")
+    begin: int | None = Field(..., description="Offset of its first character in the input (None: unknown).")
+    end: int | None = Field(..., description="Offset after its last character.")
+    start_ms: float
+    speech_end_ms: float = Field(..., description="Where its speech ends and its pause (<break>) begins.")
+    end_ms: float
+
+
+class WordTimes(BaseModel):
+    text: str
+    begin: int | None
+    end: int | None
+    start_ms: float
+    end_ms: float
+    sentence: int
+
+
+class SyllableTimes(BaseModel):
+    pinyin: str = Field(..., description="Pinyin with tone digit (for symbol input: the syllable's phones).")
+    text: str = Field(..., description="The input it reads (all of `2026年` for each syllable of the number).")
+    begin: int | None
+    end: int | None
+    start_ms: float
+    end_ms: float
+    sentence: int
+    word: int = Field(..., description="Index into `words`.")
+
+
+class CharacterTimes(BaseModel):
+    char: str
+    offset: int
+    start_ms: float
+    end_ms: float
+
+
+class MarkTime(BaseModel):
+    name: str
+    time_ms: float
+    sentence: int
+
+
+class Timestamps(BaseModel):
+    hop_ms: float = Field(..., description="Every time is a multiple of this (one mel frame, 12.5 ms at 16 kHz).")
+    duration_ms: float = Field(..., description="The audio's length: the last sentence's end, to the sample.")
+    sentences: list[SentenceTimes]
+    words: list[WordTimes]
+    syllables: list[SyllableTimes]
+    characters: list[CharacterTimes] = Field(..., description="Each input character that is read, once.")
+    marks: list[MarkTime]
+
+
+class TimestampedAudio(Timestamps):
+    """``/v1/synthesize`` with ``timestamps: true``."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "audio": "UklGRiQ...", "format": "wav", "sample_rate": 16000, "duration": 0.6, "hop_ms": 12.5,
+        "duration_ms": 600.0,
+        "sentences": [{"index": 0, "text": "2026年", "begin": 0, "end": 5, "start_ms": 0.0, "speech_end_ms": 600.0,
+                       "end_ms": 600.0}],
+        "words": [{"text": "2026年", "begin": 0, "end": 5, "start_ms": 0.0, "end_ms": 537.5, "sentence": 0}],
+        "syllables": [{"pinyin": "er4", "text": "2026年", "begin": 0, "end": 5, "start_ms": 0.0, "end_ms": 100.0,
+                       "sentence": 0, "word": 0}],
+        "characters": [{"char": "2", "offset": 0, "start_ms": 0.0, "end_ms": 537.5}],
+        "marks": [],
+    }]})
+
+    audio: str = Field(..., description="The audio file in `format`, base64.")
+    format: str
+    sample_rate: int = Field(..., description="Of the audio as sent (after resampling).")
+    duration: float = Field(..., description="Seconds of audio.")
+
+
 class SynthesizeRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -77,6 +158,8 @@ class SynthesizeRequest(BaseModel):
     )
     stream: bool = Field(False, description="Send audio sentence by sentence as it is synthesised (chunked).")
     seed: int | None = Field(None, ge=0, le=SEED_MAX, description=SEED_DOC)
+    timestamps: bool = Field(False, description=TIMESTAMPS_DOC + " Not with `stream` (use /v1/audio/speech with "
+                                                "`stream_format: sse` for timings per sentence).")
 
 
 OPENAI_SPEED_MIN: Final = 0.25
@@ -115,6 +198,10 @@ class SpeechRequest(BaseModel):
                                                   "instructions).")
     input_format: InputFormat = Field("text", description="Extension: " + _INPUT_FORMAT_DOC)
     seed: int | None = Field(None, ge=0, le=SEED_MAX, description="Extension: " + SEED_DOC)
+    timestamps: bool = Field(False, description="Extension, with `stream_format: sse` only: a "
+                                                "`speech.timestamps` event before each sentence's audio (its "
+                                                "sentence, words, syllables, characters and marks, shaped like "
+                                                "the /v1/synthesize timestamps response).")
 
 
 class ModelObject(BaseModel):

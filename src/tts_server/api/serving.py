@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterator
@@ -69,6 +70,8 @@ class SpeechJob:
     #: Fixes those draws; always None for a deterministic voice (it would change nothing, so it is neither sent
     #: to the worker nor part of the cache key).
     seed: int | None = None
+    #: Timings wanted: the worker builds them, the cache stores them with the audio (under a key of their own).
+    timestamps: bool = False
 
     def cache_key(self, state: AppState) -> CacheKey | None:
         """The job's cache key, or None when its audio must not be cached: no cache, or a stochastic voice
@@ -78,7 +81,7 @@ class SpeechJob:
         return state.cache.key(text=self.text, input_format=self.input_format, voice=self.voice,
                                emotion=self.emotion, speed=self.speed, fmt=self.fmt, sample_rate=self.rate,
                                lexicon=self.lexicon.fingerprint, pitch=self.pitch, volume_db=self.volume_db,
-                               seed=self.seed)
+                               seed=self.seed, timestamps=self.timestamps)
 
 
 # --- resolving ----------------------------------------------------------------------------------------------
@@ -142,11 +145,11 @@ class Exchange:
 
     def job_for(self, *, text: str, input_format: InputFormat, voice: str, emotion: str, speed: float,
                 rate: int, pitch: float = 0.0, volume_db: float = 0.0, stochastic: bool = False,
-                seed: int | None = None) -> SpeechJob:
+                seed: int | None = None, timestamps: bool = False) -> SpeechJob:
         self.job = SpeechJob(text=text, input_format=input_format, voice=voice, emotion=emotion, speed=speed,
                              fmt=self.fmt, rate=rate, request_id=self.request_id, route=self.route,
                              lexicon=self.state.lexicon.current, pitch=pitch, volume_db=volume_db,
-                             stochastic=stochastic, seed=seed if stochastic else None)
+                             stochastic=stochastic, seed=seed if stochastic else None, timestamps=timestamps)
         return self.job
 
     @contextlib.contextmanager
@@ -216,7 +219,7 @@ def _submit(state: AppState, job: SpeechJob, *, stream: bool) -> JobHandle:
     return state.pool.submit(text=job.text, input_format=job.input_format, voice=job.voice, emotion=job.emotion,
                              speed=job.speed, request_id=job.request_id, stream=stream,
                              lexicon_version=job.lexicon.version, pitch=job.pitch, volume_db=job.volume_db,
-                             seed=job.seed)
+                             seed=job.seed, timestamps=job.timestamps)
 
 
 async def _produce(state: AppState, job: SpeechJob) -> CachedAudio:
@@ -232,7 +235,7 @@ async def _produce(state: AppState, job: SpeechJob) -> CachedAudio:
     state.metrics.observe_synthesis(outcome, len(job.text))
     log.info("request %s: %d chars -> %.2fs audio (queue %.3fs, inference %.3fs)", job.request_id, len(job.text),
              outcome.audio_seconds, outcome.queue_wait_seconds, outcome.inference_seconds)
-    return CachedAudio(data, FORMATS[job.fmt].media_type, job.rate, outcome.audio_seconds)
+    return CachedAudio(data, FORMATS[job.fmt].media_type, job.rate, outcome.audio_seconds, outcome.timestamps)
 
 
 def _encode(audio: npt.NDArray[np.float32], src_rate: int, rate: int, fmt: str) -> bytes:
@@ -281,6 +284,18 @@ class LiveStream:
         self._handle = handle
         self._chunks = chunks
         self._first = first
+        #: Timestamps events (a timestamps job's) of the chunks read so far that nobody has taken yet.
+        self._events: list[dict[str, Any]] = []
+
+    def take_timestamps(self) -> list[dict[str, Any]]:
+        """The per-sentence timestamps events that arrived with the chunks ``pcm`` has read so far (each comes
+        with its sentence's first chunk, so before that sentence's audio), once each."""
+        events, self._events = self._events, []
+        return events
+
+    def _note(self, chunk: Chunk) -> None:
+        if chunk.timestamps:
+            self._events.extend(json.loads(chunk.timestamps))
 
     async def pcm(self) -> AsyncIterator[bytes]:
         """The audio, chunk by chunk as the worker makes them (resampled as one continuous signal, so that the
@@ -291,10 +306,12 @@ class LiveStream:
         resampler: StreamResampler | None = None
         try:
             if self._first is not None:
+                self._note(self._first)
                 resampler = StreamResampler(self._first.sample_rate, job.rate)
                 if pcm := _pcm16(resampler.push(self._first.audio)):
                     yield pcm
             async for chunk in self._chunks:
+                self._note(chunk)
                 if resampler is None:
                     resampler = StreamResampler(chunk.sample_rate, job.rate)
                 if pcm := _pcm16(resampler.push(chunk.audio)):

@@ -99,6 +99,9 @@ class CacheKey:
     #: A stochastic voice's seed (unseeded audio of such a voice is never cached, so it has no key); in the
     #: digest only when set, like ``lexicon``.
     seed: int | None = None
+    #: The entry holds the timestamps document too (``CachedAudio.timestamps``): a request for timings is never
+    #: answered from an entry without them, nor an audio-only request from one with them.
+    timestamps: bool = False
 
     def digest(self) -> str:
         fields = [self.text, self.input_format, self.voice, self.emotion, repr(float(self.speed)), self.format,
@@ -109,6 +112,8 @@ class CacheKey:
             fields.append(f"prosody:{float(self.pitch)!r}:{float(self.volume_db)!r}")
         if self.seed is not None:
             fields.append(f"seed:{int(self.seed)}")
+        if self.timestamps:
+            fields.append("timestamps")
         # ASCII escapes: any Python str hashes, even one no request validator should have let through.
         return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
 
@@ -121,15 +126,19 @@ class CachedAudio:
     media_type: str
     sample_rate: int
     audio_seconds: float
+    #: The timestamps document (JSON text) of a timestamps request; empty otherwise.
+    timestamps: str = ""
 
     @property
     def size(self) -> int:
-        return len(self.data)
+        return len(self.data) + len(self.timestamps)
 
     def to_bytes(self) -> bytes:
-        meta = json.dumps({"media_type": self.media_type, "sample_rate": self.sample_rate,
-                           "audio_seconds": self.audio_seconds}).encode()
-        return _MAGIC + meta + b"\n" + self.data
+        fields: dict[str, object] = {"media_type": self.media_type, "sample_rate": self.sample_rate,
+                                     "audio_seconds": self.audio_seconds}
+        if self.timestamps:
+            fields["timestamps"] = self.timestamps
+        return _MAGIC + json.dumps(fields).encode() + b"\n" + self.data
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> CachedAudio:
@@ -139,7 +148,8 @@ class CachedAudio:
         if not sep:
             raise ValueError("truncated cache entry")
         fields = json.loads(meta)
-        return cls(data, str(fields["media_type"]), int(fields["sample_rate"]), float(fields["audio_seconds"]))
+        return cls(data, str(fields["media_type"]), int(fields["sample_rate"]), float(fields["audio_seconds"]),
+                   str(fields.get("timestamps", "")))
 
 
 class _MemoryLRU:
@@ -320,9 +330,9 @@ class AudioCache:
 
     def key(self, *, text: str, voice: str, emotion: str, speed: float, fmt: str, sample_rate: int,
             input_format: str = "text", lexicon: str = "", pitch: float = 0.0, volume_db: float = 0.0,
-            seed: int | None = None) -> CacheKey:
+            seed: int | None = None, timestamps: bool = False) -> CacheKey:
         return CacheKey(text, input_format, voice, emotion, float(speed), fmt, sample_rate, self.revision, lexicon,
-                        float(pitch), float(volume_db), seed)
+                        float(pitch), float(volume_db), seed, timestamps)
 
     @property
     def memory_bytes(self) -> int:

@@ -41,6 +41,9 @@ class Job:
     volume_db: float = 0.0
     #: Fixes a stochastic voice's random draws (``Engine.synthesize``); None draws them fresh.
     seed: int | None = None
+    #: Report word, syllable and character timings (``timestamps.TimestampBuilder``): in ``Result.timestamps``,
+    #: and for a streaming job per sentence in ``Chunk.timestamps``.
+    timestamps: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,9 @@ class Chunk:
     seq: int
     audio: npt.NDArray[np.float32]
     sample_rate: int
+    #: A timestamps job: JSON list of the events (``TimestampBuilder.add``) of the sentences whose audio starts
+    #: in this chunk; empty when none does.
+    timestamps: str = ""
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,8 @@ class Result:
     stage_seconds: tuple[tuple[str, float], ...]
     #: A preview job's answer, as JSON text (keeps the message a flat, picklable dataclass).
     preview: str = ""
+    #: A timestamps job's document (``TimestampBuilder.result``) as JSON text.
+    timestamps: str = ""
 
 
 @dataclass(frozen=True)

@@ -140,6 +140,8 @@ class SynthesisOutcome:
     attempts: int
     #: JSON answer of a preview job; empty for synthesis.
     preview: str = ""
+    #: A timestamps job's document (``TimestampBuilder.result``) as JSON text; empty otherwise.
+    timestamps: str = ""
 
 
 @dataclass(frozen=True)
@@ -485,7 +487,7 @@ class WorkerPool:
         self, *, text: str, voice: str, emotion: str, speed: float, request_id: str, stream: bool = False,
         timeout_s: float | None = None, input_format: InputFormat = "text",
         kind: Literal["synthesize", "preview"] = "synthesize", lexicon_version: int = 0, pitch: float = 0.0,
-        volume_db: float = 0.0, seed: int | None = None,
+        volume_db: float = 0.0, seed: int | None = None, timestamps: bool = False,
     ) -> JobHandle:
         """Admit a job or raise at once (``NotReady``, ``Overloaded``); never waits."""
         if self._draining:
@@ -496,7 +498,7 @@ class WorkerPool:
         job = Job(
             job_id=next(self._ids), request_id=request_id, text=text, voice=voice, emotion=emotion, speed=speed,
             deadline=time.monotonic() + timeout, stream=stream, input_format=input_format, kind=kind,
-            lexicon_version=lexicon_version, pitch=pitch, volume_db=volume_db, seed=seed,
+            lexicon_version=lexicon_version, pitch=pitch, volume_db=volume_db, seed=seed, timestamps=timestamps,
         )
         loop = asyncio.get_running_loop()
         handle = JobHandle(job, loop)
@@ -782,7 +784,7 @@ class WorkerPool:
                 audio=msg.audio, sample_rate=msg.sample_rate, audio_seconds=msg.audio_seconds,
                 queue_wait_seconds=handle.started_at - handle.admitted_at,
                 inference_seconds=msg.inference_seconds, stage_seconds=dict(msg.stage_seconds),
-                attempts=handle.attempts, preview=msg.preview,
+                attempts=handle.attempts, preview=msg.preview, timestamps=msg.timestamps,
             ))
         elif isinstance(msg, Cancelled):
             self._complete_failure(handle, JobCancelled("client disconnected"))

@@ -18,7 +18,8 @@ from typing import Any
 
 from tts_server.inference.engine import SentenceTiming, Unit
 
-__all__ = ["SentenceTiming", "SymbolToken", "TimestampBuilder", "Unit", "build", "pause_samples", "symbol_units"]
+__all__ = ["SentenceTiming", "SymbolToken", "TimestampBuilder", "Unit", "build", "pause_samples", "sentence_events",
+           "symbol_units"]
 
 
 class TimestampBuilder:
@@ -142,6 +143,25 @@ class TimestampBuilder:
              "end_ms": self.ms(self._chars[o][1])}
             for o in sorted(offsets) if o < len(self.text)
         ]  # fmt: skip
+
+
+def sentence_events(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """A whole document (``TimestampBuilder.result``) cut back into the per-sentence events ``add`` returns, for
+    a client that expects events but is answered from a whole (cached) response."""
+    characters = {c["offset"]: c for c in document["characters"]}
+    events = []
+    for sentence in document["sentences"]:
+        index = sentence["index"]
+        syllables = [s for s in document["syllables"] if s["sentence"] == index]
+        offsets = {o for s in syllables if s["begin"] is not None for o in range(s["begin"], s["end"])}
+        events.append({
+            "sentence": sentence,
+            "words": [w for w in document["words"] if w["sentence"] == index],
+            "syllables": syllables,
+            "characters": [characters[o] for o in sorted(offsets) if o in characters],
+            "marks": [m for m in document["marks"] if m["sentence"] == index],
+        })
+    return events
 
 
 def pause_samples(seconds: float, sample_rate: int, hop: int) -> int:

@@ -38,6 +38,7 @@ from tts_server.inference.messages import (
     Shutdown,
     StartupFailed,
 )
+from tts_server.inference.timestamps import TimestampBuilder, build
 
 log = logging.getLogger("tts_server.worker")
 
@@ -143,6 +144,7 @@ def _run(engine: object, job: Job, send: Callable[[object], None],
         return Failure(job.job_id, "deadline exceeded before start", None, client_error=False, expired=True)
     started = time.perf_counter()
     stages: dict[str, float] = {}
+    timestamps = ""
     try:
         if job.kind == "preview":
             if not isinstance(engine, SupportsLexicon):
@@ -156,11 +158,21 @@ def _run(engine: object, job: Job, send: Callable[[object], None],
             pieces = engine.synthesize_stream(
                 job.text, job.voice, job.emotion, job.speed, input_format=job.input_format, **_prosody(job)
             )
+            builder: TimestampBuilder | None = None
             for seq, piece in enumerate(pieces):
                 _add_stages(stages, piece)
                 sample_rate = piece.sample_rate
                 audio_seconds += len(piece.audio) / piece.sample_rate
-                send(Chunk(job.job_id, seq, np.ascontiguousarray(piece.audio, np.float32), piece.sample_rate))
+                events = ""
+                if job.timestamps:
+                    if builder is None:
+                        if not piece.timings:
+                            return _no_timings(job)
+                        builder = TimestampBuilder(job.text, piece.sample_rate)
+                    if piece.timings:
+                        events = json.dumps([builder.add(t) for t in piece.timings], ensure_ascii=False)
+                send(Chunk(job.job_id, seq, np.ascontiguousarray(piece.audio, np.float32), piece.sample_rate,
+                           events))
                 if job.job_id in cancelled:
                     # The client went away: stop before the next sentence and stay in service.
                     return Cancelled(job.job_id)
@@ -173,6 +185,14 @@ def _run(engine: object, job: Job, send: Callable[[object], None],
             audio = np.ascontiguousarray(syn.audio, np.float32)
             sample_rate = syn.sample_rate
             audio_seconds = len(audio) / sample_rate
+            if job.timestamps:
+                if not syn.timings:
+                    return _no_timings(job)
+                document = build(job.text, sample_rate, syn.timings)
+                if round(document["duration_ms"] * sample_rate / 1000) != len(audio):
+                    log.error("job %s: timings cover %.3f ms, the audio is %d samples", job.job_id,
+                              document["duration_ms"], len(audio))
+                timestamps = json.dumps(document, ensure_ascii=False)
     except EngineError as exc:
         return Failure(job.job_id, exc.public_message, exc.param, client_error=exc.client_error)
     except Exception:
@@ -185,7 +205,12 @@ def _run(engine: object, job: Job, send: Callable[[object], None],
         audio_seconds=audio_seconds,
         inference_seconds=time.perf_counter() - started,
         stage_seconds=tuple(sorted(stages.items())),
+        timestamps=timestamps,
     )
+
+
+def _no_timings(job: Job) -> Failure:
+    return Failure(job.job_id, "this engine does not report timestamps", "timestamps", client_error=True)
 
 
 def _add_stages(total: dict[str, float], syn: Synthesis) -> None:

@@ -370,8 +370,10 @@ class SambertEngine:
                     timings = (_timing(v, sentence, frames, pause),) if first else ()
                     first = False
                     yield Synthesis(piece.audio, piece.sample_rate, {**piece.stage_seconds, **extra}, timings)
-                if pause:
-                    yield Synthesis(np.zeros(pause, dtype=np.float32), v.sample_rate, {})
+                if pause or first:
+                    # A sentence whose every duration rounded to zero has no chunk: its timing comes here.
+                    timings = (_timing(v, sentence, torch.zeros(len(sentence.tokens), dtype=torch.long), pause),)
+                    yield Synthesis(np.zeros(pause, dtype=np.float32), v.sample_rate, {}, timings if first else ())
                 continue
             with torch.inference_mode():
                 t1 = time.perf_counter()
