@@ -154,10 +154,12 @@ def test_am_config_bad_value(model_dir: Path) -> None:
     _expect(model_dir, str(cfg), "decoder_num_layers")
 
 
-def test_am_config_unsupported_option(model_dir: Path) -> None:
+def test_se_config_beside_a_speaker_table_is_refused(model_dir: Path) -> None:
+    # SE models take an embedding instead of a speaker table (tests/test_sambert_variants.py has the unsupported
+    # variants); a checkpoint with a table under an SE config is a mix-up.
     cfg = model_dir / "voices" / VOICE / "am" / "config.yaml"
     _edit_yaml(cfg, lambda d: d["Model"]["KanTtsSAMBERT"]["params"].__setitem__("SE", True))
-    _expect(model_dir, str(cfg), "SE")
+    _expect(model_dir, str(cfg), "enables SE", "spk_tokenizer.weight")
 
 
 def test_am_config_not_yaml(model_dir: Path) -> None:
