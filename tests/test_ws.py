@@ -41,9 +41,14 @@ pytestmark = pytest.mark.slow
 
 HOST = "127.0.0.1"
 KEY = "ws-test-key"
+#: A key of its own for the rate-limit case, so that the other cases never wait for tokens.
+RL_KEY = "ws-rate-limited-key"
 VOICE = "zhitian_emo"
 RATE = 16000
-IDLE_TIMEOUT_S = 1.5
+IDLE_TIMEOUT_S = 1.0
+#: Per key. One token every 1/TOKENS_PER_S s > IDLE_TIMEOUT_S; the burst covers every other case's requests.
+TOKENS_PER_S = 0.6
+BURST = 100
 MAX_BUFFERED = 600
 #: Long enough that a clause without punctuation keeps the worker busy for a while (see LONG_TEXT).
 MAX_CLAUSE = 490
@@ -61,7 +66,8 @@ SETTINGS: dict[str, Any] = {
     "pool": {"workers": 1, "queue_size": 1, "job_timeout_s": 60.0, "startup_timeout_s": STARTUP_TIMEOUT_S,
              "restart_backoff_s": 0.1},
     "limits": {"max_text_chars": 500},
-    "auth": {"enabled": True, "keys": [KEY]},
+    "auth": {"enabled": True, "keys": [KEY, RL_KEY]},
+    "rate_limit": {"enabled": True, "requests_per_second": TOKENS_PER_S, "burst": BURST},
     "websocket": {"idle_timeout_s": IDLE_TIMEOUT_S, "max_buffered_chars": MAX_BUFFERED,
                   "max_clause_chars": MAX_CLAUSE, "min_comma_clause_chars": 6,
                   "max_message_bytes": MAX_MESSAGE_BYTES},
@@ -599,3 +605,66 @@ def test_readme_close_codes_match_the_error_table() -> None:
     # Every error this suite provokes is in the table.
     assert {"invalid_api_key", "idle_timeout", "text_buffer_full", "invalid_request", "unknown_voice",
             "unknown_emotion", "unsupported_stream_format", "unsupported_sample_rate", "queue_full"} <= named
+
+
+async def _exhaust(srv: Server, key: str) -> None:
+    """Spend ``key``'s tokens on cheap requests until one is refused (the bucket then holds less than one)."""
+    async with httpx.AsyncClient(base_url=srv.url, headers=auth(key), timeout=STEP_TIMEOUT_S) as client:
+        for _ in range(2 * BURST):
+            if (await client.get("/v1/voices")).status_code == 429:
+                return
+    raise AssertionError("the rate limit never refused")
+
+
+async def _admitted(srv: Server, key: str) -> tuple[ClientConnection, int]:
+    """A started session for ``key`` once the rate limit admits it, and how many attempts it refused first (each
+    with the ``rate_limit_exceeded`` event and close code 4429)."""
+    refused = 0
+    while True:
+        ws = await connect(srv.ws_url, additional_headers=auth(key), open_timeout=STEP_TIMEOUT_S)
+        with contextlib.suppress(ConnectionClosed):  # a refused client may already be closed
+            await send(ws, type="start")
+        first = await event(ws)
+        if first["type"] == "ready":
+            return ws, refused
+        t = await until_closed(ws)
+        assert_error(Transcript([first, *t.events], t.audio, t.stray_frames, t.close_code, t.close_reason),
+                     "rate_limit_exceeded", 4429)
+        refused += 1
+        await asyncio.sleep(0.05)
+
+
+async def test_rate_limit_at_connection_and_per_clause(server: Server, before: Scrape) -> None:
+    await _exhaust(server, RL_KEY)
+    # Connecting spends a token: refused until one has accrued, then admitted (which spends it).
+    ws, refused = await _admitted(server, RL_KEY)
+    try:
+        assert refused >= 1
+        # The bucket is empty: the clause waits about 1/TOKENS_PER_S s for its token. A cancel meanwhile drops
+        # it at once: it is never announced, never synthesised.
+        await send(ws, type="text", text="你好。")
+        await asyncio.sleep(0.2)
+        await send(ws, type="cancel")
+        assert await event(ws) == {"type": "cancelled", "dropped_clauses": 1}
+        # A clause waiting for its token longer than idle_timeout_s is no idle client.
+        waiting_since = time.monotonic()
+        await send(ws, type="text", text="好的。")
+        assert await event(ws) == {"type": "clause_started", "index": 1, "text": "好的。"}
+        assert time.monotonic() - waiting_since > IDLE_TIMEOUT_S
+        while isinstance(message := await receive(ws), bytes):
+            pass
+        assert message["type"] == "clause_done"
+        await send(ws, type="close")
+        t = await until_closed(ws)
+    finally:
+        await ws.close()
+    assert [e["type"] for e in t.events] == ["end"]
+    assert t.events[0]["clauses"] == 1
+    assert t.close_code == 1000
+    after = wait_idle(server)
+    assert increase(before, after, "tts_ws_sessions_total", outcome="ok") == 1
+    assert increase(before, after, "tts_ws_sessions_total", outcome="rejected") == refused
+    assert increase(before, after, "tts_requests_rejected_total", reason="rate_limited") >= refused + 1
+    # Only the second clause reached a worker.
+    assert increase(before, after, "tts_requests_total", outcome="ok") == 1
+    assert increase(before, after, "tts_requests_total", outcome="cancelled") == 0

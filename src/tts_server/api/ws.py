@@ -172,6 +172,10 @@ class Session:
         self._next_index = 0
         self._generation = 0
         self._current: JobHandle | None = None
+        #: The clause waiting for its rate-limit token (dequeued, not yet submitted).
+        self._waiting: _Clause | None = None
+        #: Set (and replaced) by each cancel: wakes a clause waiting for its token.
+        self._cancelled = asyncio.Event()
         self._closing = False
         self._send_lock = asyncio.Lock()
         self._last_activity = time.monotonic()
@@ -277,7 +281,7 @@ class Session:
         made) gets a 408."""
         idle = self.config.idle_timeout_s
         while True:
-            busy = self._current is not None or not self._queue.empty()
+            busy = self._busy()
             remaining = idle if busy or self._closing else self._last_activity + idle - time.monotonic()
             if remaining <= 0:
                 raise ApiError(errors.IDLE_TIMEOUT, f"no message for {idle:g}s (websocket.idle_timeout_s)")
@@ -315,18 +319,24 @@ class Session:
 
     def _enqueue(self, texts: list[str]) -> None:
         for text in texts:
-            idle = self._current is None and self._queue.empty()
+            idle = not self._busy()
             self._queue.put_nowait(_Clause(self._next_index, text, self._generation,
                                            time.monotonic() if idle else None))
             self._next_index += 1
             self._queued_chars += len(text)
 
+    def _busy(self) -> bool:
+        """Whether a clause is waiting or being spoken (the client is then not idle, however quiet)."""
+        return self._current is not None or self._waiting is not None or not self._queue.empty()
+
     async def _cancel(self) -> None:
         async with self._send_lock:
             # Under the lock: no frame of an older clause can follow the ``cancelled`` event.
             self._generation += 1
+            self._cancelled.set()
+            self._cancelled = asyncio.Event()
             self.segmenter.reset()
-            dropped = 0
+            dropped = 1 if self._waiting is not None else 0  # it never started and never will
             while not self._queue.empty():
                 clause = self._queue.get_nowait()
                 if clause is not None:
@@ -352,13 +362,8 @@ class Session:
         state, start = self.state, self.start
         assert start is not None
         metrics = state.metrics
-        if state.limiter is not None:
-            # Each clause is one synthesis, like one HTTP request; over the rate it waits for its token.
-            while True:
-                wait = state.limiter.acquire(self.principal)
-                if wait <= 0:
-                    break
-                await asyncio.sleep(wait)
+        if state.limiter is not None and not await self._wait_for_token(clause):
+            return  # cancelled while it waited: never submitted, never announced
         try:
             handle = state.pool.submit(
                 text=clause.text, voice=self.voice, emotion=self.emotion, speed=start.speed,
@@ -406,6 +411,23 @@ class Session:
             if clause.generation == self._generation:
                 await self._send_json({"type": "clause_done", "index": clause.index,
                                        "audio_seconds": round(outcome.audio_seconds, 3)})
+
+    async def _wait_for_token(self, clause: _Clause) -> bool:
+        """Each clause is one synthesis, like one HTTP request: over the rate it waits for its token. False when a
+        cancel dropped the clause meanwhile (the cancel ends the wait at once)."""
+        limiter = self.state.limiter
+        assert limiter is not None
+        self._waiting = clause
+        try:
+            while (wait := limiter.acquire(self.principal)) > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._cancelled.wait()
+                if clause.generation != self._generation:
+                    return False
+            return True
+        finally:
+            self._waiting = None
 
     async def _send_audio(self, clause: _Clause, pcm: npt.NDArray[np.int16]) -> bool:
         """Send one binary frame of ``clause``'s audio unless it is empty or the clause was cancelled."""
