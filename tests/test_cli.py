@@ -15,6 +15,7 @@ import soundfile as sf
 from tests.conftest import REPO, TONE_ENGINE
 from tests.engines import SECONDS_PER_CHAR
 from tests.test_server_process import _server_command
+from tests.tinymodel import build_tiny_model_dir
 from tts_server.cli import main
 
 
@@ -74,3 +75,28 @@ def test_serve_on_a_port_in_use_exits_with_one_line(config: Path) -> None:
     assert len(lines) == 1, done.stderr
     assert f"127.0.0.1:{port}" in lines[0]
     assert "in use" in lines[0]
+
+
+def test_synth_writes_timestamps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model_dir = build_tiny_model_dir(tmp_path / "model", voices=("zhitian_emo",))
+    out, stamps = tmp_path / "out.wav", tmp_path / "out.json"
+    text = '<speak>北京<break time="0.5s"/><sub alias="二零二六">2026</sub>年<mark name="end"/></speak>'
+    assert main(["synth", text, "-o", str(out), "--model-dir", str(model_dir), "--input-format", "ssml",
+                 "--timestamps", str(stamps)]) == 0
+    assert f"wrote {stamps} (2 sentences, 3 words, 7 syllables, 1 marks)" in capsys.readouterr().out
+    audio, rate = sf.read(out)
+    document = json.loads(stamps.read_text(encoding="utf-8"))
+    assert document["duration_ms"] * rate / 1000 == len(audio)
+    assert [w["text"] for w in document["words"]] == ["北京", "2026", "年"]
+    assert [s["text"] for s in document["syllables"]] == ["北", "京", "2026", "2026", "2026", "2026", "年"]
+    # After 年: where its syllable ends (the sentence's closing break follows).
+    assert document["marks"] == [{"name": "end", "time_ms": document["syllables"][-1]["end_ms"], "sentence": 1}]
+
+
+def test_synth_timestamps_need_an_engine_that_reports_them(config: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "x.wav"
+    assert main(["synth", "好", "-o", str(out), "--config", str(config), "--timestamps",
+                 str(tmp_path / "x.json")]) == 2
+    assert "does not report timestamps" in capsys.readouterr().err
+    assert not out.exists()

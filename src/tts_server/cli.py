@@ -164,9 +164,19 @@ def _synth(args: argparse.Namespace) -> int:
     except EngineError as exc:
         print(f"error: {exc.public_message}", file=sys.stderr)
         return 2
+    if args.timestamps is not None and not result.timings:
+        print("error: this engine does not report timestamps", file=sys.stderr)
+        return 2
     fmt = args.format or (args.output.suffix.lstrip(".") if args.output.suffix.lstrip(".") in FORMATS else "wav")
     args.output.write_bytes(encode(result.audio, result.sample_rate, fmt))
     print(f"wrote {args.output} ({len(result.audio) / result.sample_rate:.2f}s, {result.sample_rate} Hz, {fmt})")
+    if args.timestamps is not None:
+        from tts_server.inference.timestamps import build
+
+        document = build(args.text, result.sample_rate, result.timings)
+        args.timestamps.write_text(json.dumps(document, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {args.timestamps} ({len(document['sentences'])} sentences, {len(document['words'])} words, "
+              f"{len(document['syllables'])} syllables, {len(document['marks'])} marks)")
     return 0
 
 
@@ -200,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--format", choices=["wav", "pcm", "flac", "mp3", "ogg", "opus"])
     synth.add_argument("--model-dir", type=Path, help="local model directory (published layout)")
     synth.add_argument("--threads", type=int, help="torch threads")
+    synth.add_argument("--timestamps", type=Path, metavar="OUT.json",
+                       help="also write the start and end (ms) of every sentence, word, syllable and character, and "
+                            "the SSML marks, as JSON (the shape of the API's timestamps answer, without the audio)")
     synth.set_defaults(func=_synth)
     return parser
 
