@@ -29,6 +29,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Origin
 
 from bench.harness import child_env, free_port, toml_text
 from tests.tinymodel import build_tiny_model_dir
@@ -668,3 +669,62 @@ async def test_rate_limit_at_connection_and_per_clause(server: Server, before: S
     # Only the second clause reached a worker.
     assert increase(before, after, "tts_requests_total", outcome="ok") == 1
     assert increase(before, after, "tts_requests_total", outcome="cancelled") == 0
+
+
+async def test_flush_cancel_and_close(server: Server, before: Scrape) -> None:
+    async with session(server) as ws:
+        await start(ws)
+        await send(ws, type="cancel")  # nothing to cancel: acknowledged, the session goes on
+        assert await event(ws) == {"type": "cancelled", "dropped_clauses": 0}
+        await send(ws, type="text", text="还没说完")  # no punctuation: nothing is ready yet
+        await send(ws, type="flush")
+        await send(ws, type="text", text="，")
+        await send(ws, type="flush")  # punctuation alone is no clause
+        await send(ws, type="close")
+        with contextlib.suppress(ConnectionClosed):
+            await send(ws, type="text", text="再来一句。")  # after close: ignored
+        t = await until_closed(ws)
+    assert t.close_code == 1000
+    assert [(e["type"], e.get("text")) for e in t.events] == [
+        ("clause_started", "还没说完"), ("clause_done", None), ("end", None)]
+    assert t.events[-1]["clauses"] == 1
+    assert len(t.audio[0]) > 0
+    after = wait_idle(server)
+    assert increase(before, after, "tts_ws_sessions_total", outcome="ok") == 1
+    assert increase(before, after, "tts_requests_total", outcome="ok") == 1
+
+
+async def test_origin(server: Server, before: Scrape) -> None:
+    # A browser page on the server's own origin is served; CORS is off, so no other origin is.
+    own = await connect(server.ws_url, additional_headers=auth(), origin=Origin(server.url),
+                        open_timeout=STEP_TIMEOUT_S)
+    try:
+        await start(own)
+    finally:
+        await own.close()
+    foreign = await connect(server.ws_url, additional_headers=auth(), origin=Origin("https://evil.example"),
+                            open_timeout=STEP_TIMEOUT_S)
+    try:
+        t = await until_closed(foreign)
+    finally:
+        await foreign.close()
+    assert_error(t, "origin_not_allowed", 4403)
+    after = wait_idle(server)
+    assert increase(before, after, "tts_ws_sessions_total", outcome="client_error") == 1
+
+
+@pytest.mark.parametrize("rate", [8000, 24000])
+async def test_resampled_clause_equals_http_stream(server: Server, before: Scrape, rate: int) -> None:
+    text = "我们一起去公园散步吧。"
+    async with session(server) as ws:
+        assert (await start(ws, sample_rate=rate))["sample_rate"] == rate
+        await send(ws, type="text", text=text)
+        await send(ws, type="close")
+        t = await until_closed(ws)
+    assert t.close_code == 1000
+    async with httpx.AsyncClient(base_url=server.url, headers=auth(), timeout=STEP_TIMEOUT_S) as client:
+        r = await client.post("/v1/synthesize", json={"text": text, "voice": VOICE, "format": "pcm",
+                                                      "sample_rate": rate, "stream": True})
+    assert r.status_code == 200, r.text
+    assert np.array_equal(pcm(t.audio[0]), pcm(r.content))
+    assert t.events[-1]["audio_seconds"] == round(len(pcm(r.content)) / rate, 3)
