@@ -61,17 +61,20 @@ async def test_sigstop_idle_worker_is_replaced_and_others_serve(tmp_path: Path) 
         try:
             t_stop = time.monotonic()
             outcomes = [await _post(client, f"[sleep=0.1] 其他{i}。") for i in range(8)]
-            replaced_after = await _wait_for(lambda: _replaced(srv, victim, initial), 10.0,
-                                             "the hung worker is replaced") + (time.monotonic() - t_stop)
+            # The pool's own reaction (missed heartbeats -> kill) is what is bounded; starting the replacement
+            # (a fresh interpreter importing torch) takes as long as the machine's load makes it.
+            killed_after = await _wait_for(lambda: victim not in srv.worker_pids(), 10.0,
+                                           "the hung worker is killed") + (time.monotonic() - t_stop)
+            await _wait_for(lambda: _replaced(srv, victim, initial), 60.0, "the hung worker is replaced")
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(victim, signal.SIGKILL)
         # Before: the request handed to the stopped worker waited its whole deadline and got a 504.
         assert _statuses(outcomes) == {200: len(outcomes)}
         assert max(o.latency for o in outcomes) < 3.0
-        assert replaced_after < 8.0
+        assert killed_after < 6.0
         assert (await _restarts(client))["timeout"] == 1.0
-        print(f"[sigstop-idle] replaced_after_s={replaced_after:.2f} "
+        print(f"[sigstop-idle] killed_after_s={killed_after:.2f} "
               f"max_latency_s={max(o.latency for o in outcomes):.2f}")
 
 

@@ -99,15 +99,17 @@ def run_linear(frontend: Frontend, text: str) -> list[Utterance]:
     """``run``, checking that the time grows about linearly with the length: ten times the text may take at most
     forty times as long as its first tenth (a quadratic path or regex backtracking takes ~100x). A ratio, not a
     wall-clock bound, so that a loaded machine slows both measurements alike; the constant absorbs a scheduler
-    hiccup in the long run."""
-    start = time.perf_counter()
-    run(frontend, text[: len(text) // 10])
-    small = time.perf_counter() - start
-    start = time.perf_counter()
-    utts = run(frontend, text)
-    big = time.perf_counter() - start
-    assert big < 40 * small + 0.5, f"{len(text)} chars took {big:.2f}s, a tenth of them {small:.3f}s"
-    return utts
+    hiccup in the long run, and a second try one on a busy shared machine (a quadratic path fails both)."""
+    for _ in range(2):
+        start = time.perf_counter()
+        run(frontend, text[: len(text) // 10])
+        small = time.perf_counter() - start
+        start = time.perf_counter()
+        utts = run(frontend, text)
+        big = time.perf_counter() - start
+        if big < 40 * small + 0.5:
+            return utts
+    raise AssertionError(f"{len(text)} chars took {big:.2f}s, a tenth of them {small:.3f}s")
 
 
 def test_ten_thousand_characters(frontend: Frontend) -> None:
