@@ -30,6 +30,7 @@ from tests.engines import SAMPLE_RATE, SECONDS_PER_CHAR
 from tts_server.api.app import create_app
 from tts_server.api.webui import webui_router
 from tts_server.config import Settings
+from tts_server.inference.engine import PITCH_MAX, PITCH_MIN, VOLUME_DB_MAX, VOLUME_DB_MIN
 
 CHROMIUM = Path(os.environ.get("TTS_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -293,6 +294,64 @@ def test_webui_synthesize_play_and_download(page: Any, tmp_path: Path) -> None:
             pytest.approx(frames / SAMPLE_RATE, abs=0.05), fmt
         assert page.is_hidden("#playback-note")
         assert page.is_hidden("#error")
+
+
+def test_webui_pitch_and_volume_sliders(page: Any, tmp_path: Path) -> None:
+    # Beside speed: a pitch slider in the model's units and a volume slider in dB, each label saying its unit.
+    assert "model units" in page.inner_text("label[for='pitch']")
+    assert "dB" in page.inner_text("label[for='volume']")
+    # The page's ranges are the API's (/v1/info does not carry them, so they are written into the page).
+    ranges = page.evaluate("""() => ['pitch', 'volume'].map(id => [Number(document.getElementById(id).min),
+                                                                   Number(document.getElementById(id).max)])""")
+    assert ranges == [[PITCH_MIN, PITCH_MAX], [VOLUME_DB_MIN, VOLUME_DB_MAX]]
+    assert page.inner_text("#pitch-value") == "0.0"
+    assert page.inner_text("#volume-value") == "0 dB"
+
+    text = "今天天气很好。我们去公园散步吧！"
+    page.fill("#text", text)
+    page.fill("#speed", "0.5")
+    # Keyboard only: End goes to the top of the range, each arrow one step back.
+    page.focus("#pitch")
+    page.keyboard.press("End")
+    for _ in range(5):
+        page.keyboard.press("ArrowLeft")
+    assert page.inner_text("#pitch-value") == "+1.5"
+    assert page.get_attribute("#pitch", "aria-valuetext") == "+1.5 model units"
+    page.fill("#volume", "-6")
+    assert page.inner_text("#volume-value") == "-6 dB"
+    assert page.get_attribute("#volume", "aria-valuetext") == "-6 dB"
+
+    with page.expect_request(lambda r: r.url.endswith("/v1/synthesize")) as sent:
+        page.click("#synthesize")
+    body = sent.value.post_data_json
+    assert body["pitch"] == 1.5
+    assert body["volume"] == -6
+    assert body["speed"] == 0.5
+    page.wait_for_function("() => document.getElementById('status').textContent.includes('Done')")
+
+    # The server applied them: the tone engine raises its 220 Hz tone by `pitch` semitones, and the gain is real.
+    with page.expect_download() as download_info:
+        page.click("#download")
+    saved = tmp_path / "prosody.wav"
+    download_info.value.save_as(saved)
+    audio, rate = sf.read(saved, dtype="float32")
+    assert len(audio) == _expected_frames(text, 0.5)
+    # Each sentence restarts the tone's phase: measure within the first one, zero-padded for a fine bin.
+    first = audio[:_expected_frames(text.split("。")[0] + "。", 0.5)]
+    spectrum = np.abs(np.fft.rfft(first * np.hanning(len(first)), n=1 << 17))
+    peak_hz = float(np.fft.rfftfreq(1 << 17, 1 / rate)[int(np.argmax(spectrum))])
+    assert peak_hz == pytest.approx(220.0 * 2 ** (1.5 / 12), abs=1.0)
+    assert float(np.max(np.abs(audio))) == pytest.approx(0.3 * 10 ** (-6 / 20), abs=2e-3)
+
+    # Reset puts all three back; the next request carries the neutral values.
+    page.click("#reset-prosody")
+    assert (page.inner_text("#speed-value"), page.inner_text("#pitch-value"), page.inner_text("#volume-value")) \
+        == ("1.00×", "0.0", "0 dB")
+    with page.expect_request(lambda r: r.url.endswith("/v1/synthesize")) as sent:
+        page.click("#synthesize")
+    assert {k: sent.value.post_data_json[k] for k in ("speed", "pitch", "volume")} == \
+        {"speed": 1, "pitch": 0, "volume": 0}
+    page.wait_for_function("() => document.getElementById('status').textContent.includes('Done')")
 
 
 def test_webui_errors_inline(page: Any) -> None:

@@ -15,7 +15,9 @@
     form: $("tts-form"), text: $("text"), used: $("char-used"), limit: $("char-limit"), counter: $("char-count"),
     voice: $("voice"), emotions: $("emotions"), moreEmotions: $("emotions-more"),
     moreToggle: $("more-emotions"), speed: $("speed"), speedValue: $("speed-value"),
-    speedMin: $("speed-min"), speedMax: $("speed-max"), formats: $("formats"), apiKey: $("api-key"),
+    speedMin: $("speed-min"), speedMax: $("speed-max"), pitch: $("pitch"), pitchValue: $("pitch-value"),
+    volume: $("volume"), volumeValue: $("volume-value"), resetProsody: $("reset-prosody"),
+    formats: $("formats"), apiKey: $("api-key"),
     advanced: $("advanced"), button: $("synthesize"), status: $("status"), error: $("error"),
     errorTitle: $("error-title"), errorDetail: $("error-detail"), result: $("result"), player: $("player"),
     playbackNote: $("playback-note"), meta: $("result-meta"), download: $("download"),
@@ -182,6 +184,25 @@
   }
 
   // ---------------------------------------------------------------- form state
+
+  // Signed, so that "+1.5" and "-1.5" read as a shift from the voice's own pitch and loudness.
+  const signed = (value, digits) => `${value > 0 ? "+" : ""}${value.toFixed(digits)}`;
+
+  function updateProsody() {
+    const speed = Number(el.speed.value), pitch = Number(el.pitch.value), volume = Number(el.volume.value);
+    el.speedValue.textContent = `${speed.toFixed(2)}×`;
+    el.pitchValue.textContent = signed(pitch, 1);
+    el.pitch.setAttribute("aria-valuetext", `${signed(pitch, 1)} model units`);
+    el.volumeValue.textContent = `${signed(volume, 0)} dB`;
+    el.volume.setAttribute("aria-valuetext", `${signed(volume, 0)} dB`);
+  }
+
+  function resetProsody() {
+    el.speed.value = "1";
+    el.pitch.value = "0";
+    el.volume.value = "0";
+    updateProsody();
+  }
 
   function updateCounter() {
     const used = charCount(el.text.value);
@@ -411,6 +432,8 @@
       voice: el.voice.value || null,
       emotion: selected("emotion"),
       speed: Number(el.speed.value),
+      pitch: Number(el.pitch.value),
+      volume: Number(el.volume.value),
       format: selected("format") || "wav",
     };
     setBusy(true);
@@ -484,9 +507,8 @@
     });
     el.voice.addEventListener("change", renderEmotions);
     el.moreToggle.addEventListener("click", () => showMoreEmotions(el.moreEmotions.hidden));
-    el.speed.addEventListener("input", () => {
-      el.speedValue.textContent = `${Number(el.speed.value).toFixed(2)}×`;
-    });
+    for (const slider of [el.speed, el.pitch, el.volume]) slider.addEventListener("input", updateProsody);
+    el.resetProsody.addEventListener("click", resetProsody);
     el.preview.addEventListener("click", () => {
       const voice = state.voices.get(el.voice.value);
       if (voice) {
@@ -505,6 +527,7 @@
     el.showReading.addEventListener("click", showReading);
     el.showReading.disabled = false;
     updateCounter();
+    updateProsody();
     load();
   }
 
