@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import time
+import wave
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Origin
 
+from bench import ws_client
 from bench.harness import child_env, free_port, toml_text
 from tests.tinymodel import build_tiny_model_dir
 from tts_server.api import errors
@@ -728,3 +730,25 @@ async def test_resampled_clause_equals_http_stream(server: Server, before: Scrap
     assert r.status_code == 200, r.text
     assert np.array_equal(pcm(t.audio[0]), pcm(r.content))
     assert t.events[-1]["audio_seconds"] == round(len(pcm(r.content)) / rate, 3)
+
+
+def test_bench_ws_client(server: Server, before: Scrape, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """bench/ws_client.py streams a file in deltas, reports the time to first audio and writes the audio."""
+    text_file = tmp_path / "text.txt"
+    text_file.write_text("今天天气很好。我们一起去公园散步吧。", encoding="utf-8")
+    out, report = tmp_path / "out.wav", tmp_path / "report.json"
+    code = ws_client.main([str(text_file), "-o", str(out), "--url", server.ws_url, "--key", KEY, "--json",
+                           str(report), "--delta-chars", "2", "--sample-rate", "22050"])
+    assert code == 0
+    summary = json.loads(report.read_text(encoding="utf-8"))
+    assert [c["text"] for c in summary["clauses"]] == ["今天天气很好。", "我们一起去公园散步吧。"]
+    assert 0 < summary["time_to_first_audio_ms"] <= summary["wall_ms"]
+    assert summary["close_code"] == 1000
+    with wave.open(str(out), "rb") as wav:
+        assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (22050, 1, 2)
+        assert wav.getnframes() / 22050 == pytest.approx(summary["audio_seconds"], abs=1e-3)
+        assert wav.getnframes() / 22050 == pytest.approx(sum(c["audio_seconds"] for c in summary["clauses"]),
+                                                         abs=2e-3)
+    assert "time to first audio:" in capsys.readouterr().out
+    after = wait_idle(server)
+    assert increase(before, after, "tts_ws_sessions_total", outcome="ok") == 1
