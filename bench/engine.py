@@ -1,11 +1,13 @@
-"""Benchmark of the native Sambert-HifiGan engine on the parity model (full-size, random weights).
+"""Benchmark of the native Sambert-HifiGan engine on the parity models (full-size, random weights).
 
-    .venv/bin/python bench/engine.py [--model-dir DIR] [--case long_fear_breaks] [--threads 1 2] [--repeats 5]
-                                     [--text "中文文本"]
+    .venv/bin/python bench/engine.py [--model-dir DIR] [--personal-dir DIR | --no-personal] [--case long_fear_breaks]
+                                     [--threads 1 2] [--repeats 5] [--text "中文文本"]
 
 Prints, per thread count, the real-time factor (synthesis seconds / audio seconds) and the time per stage:
 frontend (text or symbols -> id streams), encoder+adaptor, AR decoder, postnet, vocoder; and the peak RSS.
-Stage times are medians (or minima, --stat min) over the repeats, after one warm-up run.
+Stage times are medians (or minima, --stat min) over the repeats, after one warm-up run. The personal voice (speaker
+embedding + NSF vocoder, ``sambert-personal-parity``) runs the same case (its speaker field is F7) with fresh NSF
+draws each run, as an unseeded request does; a closing table puts its RTF beside zhitian_emo's (fp32 vocoders).
 """
 
 from __future__ import annotations
@@ -24,37 +26,71 @@ from tts_server.inference.sambert.engine import SambertEngine
 
 REPO = Path(__file__).resolve().parents[1]
 PARITY = REPO.parent / "shared" / "reference" / "sambert-parity"
+PERSONAL = REPO.parent / "shared" / "reference" / "sambert-personal-parity"
 STAGES = ("frontend", "encoder_adaptor", "decoder", "postnet", "vocoder")
 #: Plain text of about the same length as the default case, for the frontend's share of the time.
 DEFAULT_TEXT = "我们今天去公园散步，天气晴朗，心情也很好。然后还要去吃饭，这个地方非常漂亮，适合休息。"
 
 
-def _case_symbols(case: str) -> str:
-    with np.load(PARITY / "cases.npz") as data:
+def _case_symbols(case: str, parity: Path = PARITY) -> str:
+    with np.load(parity / "cases.npz") as data:
         return str(data[f"{case}/symbols"])
 
 
-def run(model_dir: Path, symbols: str, text: str | None, threads: list[int], repeats: int, stat: str,
-        precisions: list[str]) -> None:
+#: (voice, kind, input, threads) -> RTF, for the closing comparison.
+Summary = dict[tuple[str, str, str, int], float]
+
+
+def _load(model_dir: Path, threads: int, precision: str) -> SambertEngine:
     from tts_server.config import load_settings
     from tts_server.inference.sambert.engine import load_sambert_engine
 
+    t0 = time.perf_counter()
+    engine = load_sambert_engine(load_settings(model={
+        "model_dir": str(model_dir), "torch_threads": threads, "vocoder_precision": precision,
+    }))
+    load_s = time.perf_counter() - t0
+    print(f"\n=== vocoder {precision} === model: {model_dir}  load: {load_s:.2f} s  torch {torch.__version__}")
+    return engine
+
+
+def run(model_dir: Path, symbols: str, text: str | None, threads: list[int], repeats: int, stat: str,
+        precisions: list[str], personal: tuple[Path, str] | None = None) -> None:
     if text is None:
         text = DEFAULT_TEXT
+    summary: Summary = {}
     for precision in precisions:
-        t0 = time.perf_counter()
-        engine = load_sambert_engine(load_settings(model={
-            "model_dir": str(model_dir), "torch_threads": threads[0], "vocoder_precision": precision,
-        }))
-        load_s = time.perf_counter() - t0
-        print(f"\n=== vocoder {precision} === model: {model_dir}  load: {load_s:.2f} s  torch {torch.__version__}")
-        measure(engine, symbols, None, threads, repeats, stat)
-        measure(engine, symbols, text, threads, repeats, stat)
+        engine = _load(model_dir, threads[0], precision)
+        keep = summary if precision == "fp32" else None
+        measure(engine, symbols, None, threads, repeats, stat, keep)
+        measure(engine, symbols, text, threads, repeats, stat, keep)
+        del engine
+    if personal is not None:
+        # Non-causal NSF vocoder: vocoder_precision bf16 does not apply to it.
+        personal_dir, personal_symbols = personal
+        engine = _load(personal_dir, threads[0], "fp32")
+        measure(engine, personal_symbols, None, threads, repeats, stat, summary)
+        measure(engine, personal_symbols, text, threads, repeats, stat, summary)
+    if personal is not None and summary:
+        _print_summary(summary, stat, repeats)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS: {rss_mb:.0f} MiB")
 
 
-def measure(engine: SambertEngine, symbols: str, text: str | None, threads: list[int], repeats: int, stat: str) -> None:
+def _print_summary(summary: Summary, stat: str, repeats: int) -> None:
+    print(f"\nRTF, built-in vs personal voice (fp32 vocoders; {stat} of {repeats} runs)")
+    header = f"{'voice':<14} {'kind':<9} {'threads':>7} {'symbols':>8} {'text':>8}"
+    print(header)
+    print("-" * len(header))
+    rows = sorted({(voice, kind, n) for voice, kind, _, n in summary}, key=lambda r: (r[1] != "built-in", r[2]))
+    for voice, kind, n in rows:
+        rtfs = [summary.get((voice, kind, source, n), float("nan")) for source in ("symbols", "text")]
+        cells = " ".join(f"{rtf:>8.3f}" for rtf in rtfs)
+        print(f"{voice:<14} {kind:<9} {n:>7} {cells}")
+
+
+def measure(engine: SambertEngine, symbols: str, text: str | None, threads: list[int], repeats: int, stat: str,
+            summary: Summary | None = None) -> None:
     name = next(iter(engine.voices()))
     voice = engine._voices[name]
     emotion = voice.info.default_emotion
@@ -94,6 +130,11 @@ def measure(engine: SambertEngine, symbols: str, text: str | None, threads: list
         pick = statistics.median if stat == "median" else min
         med = {k: pick(v) for k, v in samples.items()}
         rows.append((n, audio_s, med))
+        if summary is not None:
+            source_kind = "text" if text is not None else "symbols"
+            # The personal parity voice sits in a model directory, but it is a personal (SE + NSF) voice.
+            kind = "personal" if voice.info.stochastic or voice.info.kind == "personal" else "built-in"
+            summary[(name, kind, source_kind, n)] = med["total"] / audio_s
 
     kind = "plain text through the frontend" if text is not None else "symbols"
     print(f"\nvoice {name}, emotion {emotion}, input: {kind}, {len(source)} chars; {stat} of {repeats} runs")
@@ -108,6 +149,9 @@ def measure(engine: SambertEngine, symbols: str, text: str | None, threads: list
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, default=PARITY / "model")
+    parser.add_argument("--personal-dir", type=Path, default=PERSONAL / "model",
+                        help="a personal voice's model directory (its parity set's cases.npz beside it)")
+    parser.add_argument("--no-personal", action="store_true", help="skip the personal voice")
     parser.add_argument("--case", default="long_fear_breaks", help="parity case whose symbols are synthesised")
     parser.add_argument("--text", default=None, help="plain text through the frontend instead of symbols")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -124,8 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.model_dir.is_dir():
         print(f"model directory {args.model_dir} not found", file=sys.stderr)
         return 2
+    personal = None
+    if not args.no_personal:
+        if not (args.personal_dir.parent / "cases.npz").is_file():
+            print(f"personal parity set {args.personal_dir.parent} not found (--no-personal to skip it)",
+                  file=sys.stderr)
+            return 2
+        personal = (args.personal_dir, _case_symbols(args.case, args.personal_dir.parent))
     run(args.model_dir, _case_symbols(args.case), args.text, args.threads, args.repeats, args.stat,
-        args.vocoder_precision)
+        args.vocoder_precision, personal)
     return 0
 
 
