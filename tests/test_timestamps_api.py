@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from starlette.testclient import TestClient
 
 from tests.conftest import running_app
 from tests.tinymodel import build_tiny_model_dir
+from tts_server.api.app import create_app
 from tts_server.config import Settings
 
 RATE = 16000
@@ -144,3 +147,45 @@ async def test_timestamps_as_server_sent_events(make_settings: Callable[..., Set
                                                               "input": "你好", "timestamps": True})
         assert refused.status_code == 422
         assert refused.json()["error"]["param"] == "timestamps"
+
+
+def test_timestamps_over_the_websocket(make_settings: Callable[..., Settings], tiny_model: Path) -> None:
+    """With ``timestamps`` in ``start`` each sentence's timings come before its frames, relative to its clause."""
+    app = create_app(_settings(make_settings, tiny_model))
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 120
+        while not client.get("/health").json()["workers"]["ready"]:
+            assert time.monotonic() < deadline, "no worker became ready"
+            time.sleep(0.1)
+        texts = ["你好，2026年见。", "再见！"]
+        with client.websocket_connect("/v1/tts/ws") as ws:
+            ws.send_json({"type": "start", "timestamps": True})
+            assert ws.receive_json()["type"] == "ready"
+            ws.send_json({"type": "text", "text": "".join(texts)})
+            ws.send_json({"type": "close"})
+            received: list[dict[str, Any] | int] = []
+            while True:
+                message = ws.receive()
+                if message.get("bytes") is not None:
+                    received.append(len(message["bytes"]) // 2)
+                    continue
+                event = json.loads(message["text"])
+                received.append(event)
+                if event["type"] in ("end", "error"):
+                    break
+        assert isinstance(received[-1], dict)
+        assert received[-1]["type"] == "end", received[-1]
+        for index, text in enumerate(texts):
+            whole = client.post("/v1/synthesize", json={"text": text, "format": "pcm", "timestamps": True}).json()
+            start = next(i for i, m in enumerate(received)
+                         if isinstance(m, dict) and m["type"] == "clause_started" and m["index"] == index)
+            # The clause's timings come right after clause_started, before any of its frames.
+            events = [m for m in received[start:] if isinstance(m, dict) and m["type"] == "timestamps"
+                      and m["index"] == index]
+            assert received[start + 1] == events[0]
+            assert [e["sentence"] for e in events] == whole["sentences"]
+            assert [s for e in events for s in e["syllables"]] == whole["syllables"]
+            done = next(i for i, m in enumerate(received) if isinstance(m, dict) and m["type"] == "clause_done"
+                        and m["index"] == index)
+            samples = sum(m for m in received[start:done] if isinstance(m, int))
+            assert samples == whole["duration_ms"] * RATE / 1000

@@ -55,12 +55,14 @@ ERROR_CLOSE_BASE: Final = 4000
 PROTOCOL: Final = """
 **WebSocket `/v1/tts/ws`** (OpenAPI cannot describe WebSockets; README.md has the full protocol): speech for text
 that arrives piece by piece. Send `{"type": "start", "voice", "emotion", "speed", "pitch", "volume", "seed",
-"format": "pcm", "sample_rate", "api_key"}` first (every field optional; `api_key` when auth is on and no
+"format": "pcm", "sample_rate", "api_key", "timestamps"}` first (every field optional; `api_key` when auth is on and no
 `Authorization` header was sent), then `{"type": "text", "text": "..."}` deltas, `{"type": "flush"}` (speak what is
 pending), `{"type": "cancel"}` (drop pending text and stop the current clause at its next chunk) and
 `{"type": "close"}` (speak the rest, then end). The server answers `ready`, then for each clause `clause_started`
-`{index, text}`, binary frames of s16le mono PCM at `sample_rate`, `clause_done`; `cancelled` after a cancel; `end`
-before closing with 1000. An error is an `error` event `{code, message, param}` followed by close code
+`{index, text}`, binary frames of s16le mono PCM at `sample_rate` (with `timestamps`: a `timestamps` event
+`{index, sentence, words, syllables, characters, marks}` before each sentence's frames), `clause_done`;
+`cancelled` after a cancel; `end` before closing with 1000. An error is an `error` event
+`{code, message, param}` followed by close code
 4000 + its HTTP status (4401 key, 4403 origin, 4408 idle, 4413 too much buffered text, 4422 bad message, unknown
 voice or opus, 4429 rate limit, 4503 queue full or not ready, 4504 deadline, 4500 engine fault).
 """
@@ -86,6 +88,9 @@ class StartMessage(_Message):
     format: str = "pcm"
     sample_rate: int | None = Field(None, ge=8000, le=48000)
     api_key: str | None = None
+    #: Send a ``timestamps`` event before each sentence's audio (times from the clause's start, offsets into its
+    #: text).
+    timestamps: bool = False
 
 
 class TextMessage(_Message):
@@ -369,7 +374,7 @@ class Session:
                 text=clause.text, voice=self.voice, emotion=self.emotion, speed=start.speed,
                 request_id=f"{self.session_id}-{clause.index}", stream=True,
                 lexicon_version=state.lexicon.current.version, pitch=start.pitch, volume_db=start.volume,
-                seed=self.seed)
+                seed=self.seed, timestamps=start.timestamps)
         except PoolError as exc:
             metrics.requests.labels(self.voice, self.emotion, api_error(exc).kind.outcome).inc()
             raise
@@ -380,6 +385,8 @@ class Session:
             # One continuous signal per clause: the resampler carries its state across chunks.
             resampler: StreamResampler | None = None
             async for chunk in handle.chunks():
+                if chunk.timestamps:
+                    await self._send_timestamps(clause, chunk.timestamps)
                 if resampler is None:
                     resampler = StreamResampler(chunk.sample_rate, self.rate)
                 sent = await self._send_audio(clause, to_int16(resampler.push(chunk.audio)))
@@ -442,6 +449,14 @@ class Session:
         self.audio_seconds += seconds
         self._last_activity = time.monotonic()
         return True
+
+    async def _send_timestamps(self, clause: _Clause, events: str) -> None:
+        """The timings of the sentences that start in a chunk, before the chunk's audio (none once cancelled)."""
+        async with self._send_lock:
+            if clause.generation != self._generation:
+                return
+            for event in json.loads(events):
+                await self._send_json({"type": "timestamps", "index": clause.index, **event})
 
     async def _send_event(self, kind: str, **fields: Any) -> None:
         async with self._send_lock:
