@@ -3,9 +3,11 @@ the builder turns the model's frames into times on the hop grid."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from tests.tinymodel import build_tiny_model_dir
+from tests.tinymodel import Variant, build_tiny_model_dir
 from tts_server.config import load_settings
 from tts_server.inference.frontend import Frontend
 from tts_server.inference.sambert.engine import SambertEngine, load_sambert_engine
@@ -227,3 +229,32 @@ def test_symbols_map_to_their_tokens(tiny_engine: SambertEngine) -> None:
         "{h_c$tone3$s_begin$word_begin$emotion_neutral$F7}  {ao_c$tone3$s_end$word_end$emotion_neutral$F7}",
         "{n_c$tone3$s_begin$word_begin$emotion_neutral$F7} {i_c$tone3$s_end$word_end$emotion_neutral$F7}"]
     assert doc["duration_ms"] * 16 == syn.audio.size
+
+
+def test_sentences_without_frames_still_have_timings(tiny_engine: SambertEngine) -> None:
+    """At extreme speed every duration rounds to zero: no audio chunk, but each sentence's timing (and pause)."""
+    text = '<speak>你好。<break time="25ms"/>再见。</speak>'
+    pieces = list(tiny_engine.synthesize_stream(text, "zhitian_emo", "neutral", 1000.0, input_format="ssml"))
+    timings = [t for p in pieces for t in p.timings]
+    assert len(timings) == 2
+    assert all(sum(t.frames) == 0 for t in timings)
+    doc = build(text, RATE, timings)
+    assert doc["duration_ms"] * RATE / 1000 == sum(p.audio.size for p in pieces) == 400  # the break: 2 hops
+
+
+def test_personal_24khz_voice_times_on_its_own_hop(tmp_path: Path) -> None:
+    """A 24 kHz NSF voice (hop 240 = 10 ms; vocoded per sentence): boundaries on its grid, last end = audio."""
+    variant = Variant(personal=True, khz24=True, causal=False)
+    model_dir = build_tiny_model_dir(tmp_path / "model", voices=("zhitian_emo",), variant=variant)
+    engine = load_sambert_engine(load_settings(model={"model_dir": str(model_dir)}))
+    text = '<speak>你好<break time="0.333s"/>2026年<mark name="m"/></speak>'
+    whole = engine.synthesize(text, "zhitian_emo", "neutral", 1.0, input_format="ssml", seed=1)
+    pieces = list(engine.synthesize_stream(text, "zhitian_emo", "neutral", 1.0, input_format="ssml", seed=1))
+    assert tuple(t for p in pieces for t in p.timings) == whole.timings
+    assert [t.hop for t in whole.timings] == [240, 240]
+    assert whole.timings[0].pause_samples == 33 * 240  # 0.333 s = 33.3 hops of 10 ms
+    doc = build(text, whole.sample_rate, whole.timings)
+    assert (whole.sample_rate, doc["hop_ms"]) == (24000, 10.0)
+    assert doc["duration_ms"] * 24 == whole.audio.size
+    assert all(round(t * 24) % 240 == 0 and t * 24 == round(t * 24) for t in
+               [doc["duration_ms"], *(s[k] for s in doc["syllables"] for k in ("start_ms", "end_ms"))])
