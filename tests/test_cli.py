@@ -9,6 +9,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 
@@ -100,3 +101,32 @@ def test_synth_timestamps_need_an_engine_that_reports_them(config: Path, tmp_pat
                  str(tmp_path / "x.json")]) == 2
     assert "does not report timestamps" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_synth_plot_draws_waveform_mel_and_syllables(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from matplotlib.image import imread
+
+    model_dir = build_tiny_model_dir(tmp_path / "model", voices=("zhitian_emo",))
+    out, png = tmp_path / "out.wav", tmp_path / "out.png"
+    assert main(["synth", "北京欢迎你。", "-o", str(out), "--model-dir", str(model_dir), "--plot", str(png)]) == 0
+    assert f"wrote {png}" in capsys.readouterr().out
+    image = imread(png)
+    assert image.shape[0] == 600
+    assert image.shape[1] >= 800
+    # Not a blank canvas: the waveform, the spectrogram's colours and the boundary lines are all there.
+    assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 50
+
+
+def test_log_mel_puts_a_tone_in_its_band() -> None:
+    from tts_server.plot import log_mel, mel_filterbank
+
+    bank = mel_filterbank(16000, 1024, 80)
+    assert bank.shape == (80, 513)
+    assert np.all(bank.max(axis=1) > 0.5)  # every filter covers at least one bin near its peak
+    rate = 16000
+    t = np.arange(rate) / rate
+    spec, hop_s = log_mel(0.5 * np.sin(2 * np.pi * 1000.0 * t), rate)
+    assert hop_s == 0.0125
+    assert spec.shape == (80, 81)
+    peak_band = int(np.argmax(spec[:, 40]))
+    assert bank[peak_band, round(1000 / (rate / 1024))] == bank[:, round(1000 / (rate / 1024))].max()

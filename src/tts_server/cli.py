@@ -164,16 +164,27 @@ def _synth(args: argparse.Namespace) -> int:
     except EngineError as exc:
         print(f"error: {exc.public_message}", file=sys.stderr)
         return 2
-    if args.timestamps is not None and not result.timings:
+    if (args.timestamps is not None or args.plot is not None) and not result.timings:
         print("error: this engine does not report timestamps", file=sys.stderr)
         return 2
     fmt = args.format or (args.output.suffix.lstrip(".") if args.output.suffix.lstrip(".") in FORMATS else "wav")
     args.output.write_bytes(encode(result.audio, result.sample_rate, fmt))
     print(f"wrote {args.output} ({len(result.audio) / result.sample_rate:.2f}s, {result.sample_rate} Hz, {fmt})")
-    if args.timestamps is not None:
-        from tts_server.inference.timestamps import build
+    if args.timestamps is None and args.plot is None:
+        return 0
+    from tts_server.inference.timestamps import build
 
-        document = build(args.text, result.sample_rate, result.timings)
+    document = build(args.text, result.sample_rate, result.timings)
+    if args.plot is not None:
+        try:
+            from tts_server.plot import plot_synthesis
+
+            plot_synthesis(args.plot, result.audio, result.sample_rate, document)
+        except ImportError:
+            print("error: --plot needs matplotlib: pip install 'tts-server[plot]'", file=sys.stderr)
+            return 2
+        print(f"wrote {args.plot}")
+    if args.timestamps is not None:
         args.timestamps.write_text(json.dumps(document, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
         print(f"wrote {args.timestamps} ({len(document['sentences'])} sentences, {len(document['words'])} words, "
               f"{len(document['syllables'])} syllables, {len(document['marks'])} marks)")
@@ -213,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--timestamps", type=Path, metavar="OUT.json",
                        help="also write the start and end (ms) of every sentence, word, syllable and character, and "
                             "the SSML marks, as JSON (the shape of the API's timestamps answer, without the audio)")
+    synth.add_argument("--plot", type=Path, metavar="OUT.png",
+                       help="also draw the waveform and log-mel spectrogram with the syllable boundaries labelled in "
+                            "pinyin (needs matplotlib: the 'plot' extra)")
     synth.set_defaults(func=_synth)
     return parser
 
