@@ -143,13 +143,14 @@ class LiveServer:
 
 @pytest.fixture
 def serve(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., LiveServer]]:
-    """Starts a live server (tone engine, one worker, text limit TEXT_LIMIT) with extra settings sections."""
+    """Starts a live server (tone engine, one worker, text limit TEXT_LIMIT unless `limits` is given) with extra
+    settings sections."""
     _require_browser()
     servers: list[LiveServer] = []
 
     def start(**sections: Any) -> LiveServer:
-        settings = make_settings(pool={"workers": 1}, limits={"max_text_chars": TEXT_LIMIT},
-                                 server={"drain_timeout_s": 5.0}, **sections)
+        sections.setdefault("limits", {"max_text_chars": TEXT_LIMIT})
+        settings = make_settings(pool={"workers": 1}, server={"drain_timeout_s": 5.0}, **sections)
         server = LiveServer(_webui_app(settings))
         servers.append(server)
         server.start()
@@ -352,6 +353,103 @@ def test_webui_pitch_and_volume_sliders(page: Any, tmp_path: Path) -> None:
     assert {k: sent.value.post_data_json[k] for k in ("speed", "pitch", "volume")} == \
         {"speed": 1, "pitch": 0, "volume": 0}
     page.wait_for_function("() => document.getElementById('status').textContent.includes('Done')")
+
+
+def test_webui_stream_plays_as_it_arrives(serve: Callable[..., LiveServer], open_page: Callable[..., Any],
+                                         tmp_path: Path) -> None:
+    # Three sentences, each made 0.2 s after the one before (the tone engine's sleep directive) and each 0.38 s
+    # long at half speed: played as it arrives, the first sentence sounds well before the response is complete,
+    # and later sentences arrive while earlier ones play, so they join without a gap.
+    server = serve(limits={"max_text_chars": 100})
+    page = open_page(server)
+    sentence = "今天天气很好我们一起去公园散步吧好吗。"
+    text = "[sleep=0.2]" + sentence * 3
+    frames = _expected_frames(sentence * 3, 0.5)
+    page.fill("#text", text)
+    page.fill("#speed", "0.5")
+    page.fill("#pitch", "1")
+
+    assert page.is_enabled("input[name='format'][value='mp3']")
+    page.check("#stream")
+    assert page.get_attribute("#stream", "role") == "switch"
+    # A stream is PCM played live; the format picker has no say.
+    assert page.is_disabled("input[name='format'][value='mp3']")
+
+    with page.expect_request(lambda r: r.url.endswith("/v1/synthesize")) as sent:
+        page.click("#synthesize")
+    body = sent.value.post_data_json
+    assert (body["stream"], body["format"], body["speed"], body["pitch"]) == (True, "pcm", 0.5, 1)
+
+    # Sound starts (the AudioContext clock runs: the click allowed it) while the rest is still on its way.
+    page.wait_for_selector("#result[data-playback='playing']")
+    assert page.is_visible("#stop")
+    page.wait_for_function("() => document.getElementById('live-progress').value > 0.05")
+    page.wait_for_selector("#result[data-received-ms]")
+    first = int(page.get_attribute("#result", "data-first-audio-ms") or -1)
+    received = int(page.get_attribute("#result", "data-received-ms") or -1)
+    assert 0 < first < received - 250, (first, received)
+
+    page.wait_for_selector("#result[data-playback='ended']", timeout=10_000)
+    assert page.get_attribute("#result", "data-samples") == str(frames)
+    assert page.get_attribute("#result", "data-gaps") == "0"
+    assert page.evaluate("document.getElementById('live-progress').value") == pytest.approx(frames / SAMPLE_RATE,
+                                                                                            abs=0.01)
+    assert "Finished" in page.inner_text("#live-state")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "webui-stream.png"), full_page=True)
+    assert page.is_disabled("#stop")
+    assert page.is_hidden("#error")
+
+    # The download is a WAV of exactly what streamed: the same samples as the whole (non-streamed) response.
+    page.wait_for_function("() => document.getElementById('player').duration > 0")
+    assert page.evaluate("document.getElementById('player').duration") == pytest.approx(frames / SAMPLE_RATE,
+                                                                                        abs=0.005)
+    with page.expect_download() as download_info:
+        page.click("#download")
+    assert download_info.value.suggested_filename.endswith(".wav")
+    saved = tmp_path / "stream.wav"
+    download_info.value.save_as(saved)
+    streamed, rate = sf.read(saved, dtype="int16")
+    assert rate == SAMPLE_RATE
+    assert len(streamed) == frames
+    whole = httpx.post(server.url + "/v1/synthesize", timeout=30,
+                       json={"text": text, "speed": 0.5, "pitch": 1, "format": "pcm"})
+    assert whole.status_code == 200
+    assert np.array_equal(streamed, np.frombuffer(whole.content, "<i2"))
+
+
+def test_webui_stream_stop_and_errors(serve: Callable[..., LiveServer], open_page: Callable[..., Any]) -> None:
+    server = serve(limits={"max_text_chars": 100})
+    page = open_page(server)
+    page.check("#stream")
+
+    # An error before any audio: shown inline like any other, no result card.
+    page.fill("#text", "[fail]你好。")
+    page.click("#synthesize")
+    page.wait_for_function("() => document.getElementById('error-detail').textContent.includes('refuses')")
+    assert page.is_hidden("#result")
+    assert page.is_enabled("#synthesize")
+
+    # Stop ends playback at once and cancels the rest of the download.
+    page.fill("#text", "[sleep=0.5]" + "今天天气很好。" * 6)
+    page.click("#synthesize")
+    page.wait_for_selector("#result[data-first-audio-ms]")
+    page.click("#stop")
+    page.wait_for_selector("#result[data-playback='stopped']")
+    page.wait_for_function("() => document.getElementById('status').textContent.includes('Stopped')")
+    assert page.is_enabled("#synthesize")
+    assert page.is_hidden("#error")
+    assert page.is_hidden("#download")
+
+    assert page.get_attribute("#result", "data-received-ms") is None
+
+    # The connection fails: the usual inline error, and again no result card.
+    page.route("**/v1/synthesize", lambda route: route.abort("connectionreset"))
+    page.fill("#text", "你好。")
+    page.click("#synthesize")
+    page.wait_for_function("() => document.getElementById('error-title').textContent.includes(\"Can't reach\")")
+    assert page.is_hidden("#result")
+    page.unroute("**/v1/synthesize")
 
 
 def test_webui_errors_inline(page: Any) -> None:

@@ -21,12 +21,14 @@
     advanced: $("advanced"), button: $("synthesize"), status: $("status"), error: $("error"),
     errorTitle: $("error-title"), errorDetail: $("error-detail"), result: $("result"), player: $("player"),
     playbackNote: $("playback-note"), meta: $("result-meta"), download: $("download"),
+    stream: $("stream"), formatField: $("format-field"), live: $("live"), liveState: $("live-state"),
+    liveProgress: $("live-progress"), stop: $("stop"),
     preview: $("use-preview"), version: $("server-version"), showReading: $("show-reading"), reading: $("reading"),
   };
 
   const state = {
     limit: null, voices: new Map(), busy: false, loaded: false, objectUrl: null,
-    countdown: null, reloadTimer: null,
+    countdown: null, reloadTimer: null, audio: null, live: null,
   };
 
   // Python's len() counts code points; a JS string's length counts UTF-16 units, which differs for emoji and
@@ -75,8 +77,8 @@
   }
 
   // fetch() with the API key; a network failure or an error status becomes an ApiError.
-  async function call(path, accept, body) {
-    const init = { headers: { Accept: accept, ...authHeaders() } };
+  async function call(path, accept, body, signal) {
+    const init = { headers: { Accept: accept, ...authHeaders() }, signal };
     if (body !== undefined) {
       init.method = "POST";
       init.headers["Content-Type"] = "application/json";
@@ -377,7 +379,7 @@
     return `${(n / 1024 / 1024).toFixed(2)} MB`;
   }
 
-  function showResult(blob, response, request, elapsedMs) {
+  function showResult(blob, response, request, elapsedMs, known = {}) {
     if (state.objectUrl) URL.revokeObjectURL(state.objectUrl);
     state.objectUrl = URL.createObjectURL(blob);
     el.player.src = state.objectUrl;
@@ -394,17 +396,258 @@
       : `此浏览器无法播放 ${request.format.toUpperCase()}，请下载后播放。`
         + `This browser cannot play ${request.format.toUpperCase()}; download it instead.`;
 
-    const seconds = Number(response.headers.get("X-Audio-Duration"));
-    const rate = Number(response.headers.get("X-Sample-Rate"));
+    const seconds = known.seconds ?? Number(response.headers.get("X-Audio-Duration"));
+    const rate = known.rate ?? Number(response.headers.get("X-Sample-Rate"));
     const parts = [];
     if (Number.isFinite(seconds) && seconds > 0) parts.push(`${seconds.toFixed(2)} s`);
     if (rate) parts.push(`${rate / 1000} kHz`);
-    parts.push(request.format.toUpperCase(), formatBytes(blob.size), `用时 took ${(elapsedMs / 1000).toFixed(2)} s`);
+    parts.push(known.label ?? request.format.toUpperCase(), formatBytes(blob.size),
+      `用时 took ${(elapsedMs / 1000).toFixed(2)} s`);
     el.meta.textContent = parts.join(" · ");
     el.result.hidden = false;
     setStatus(Number.isFinite(seconds) && seconds > 0
       ? `完成：${seconds.toFixed(2)} 秒音频。Done: ${seconds.toFixed(2)} s of audio.`
       : "完成。Done.");
+  }
+
+
+  // ---------------------------------------------------------------- streaming playback (Web Audio)
+
+  // How far ahead of "now" the first chunk (and any chunk after a stall) is scheduled: enough for the audio
+  // thread to pick it up, small enough not to be heard as latency.
+  const LEAD_S = 0.05;
+
+  // A 44-byte RIFF header for 16-bit mono PCM: the streamed samples become a normal WAV file for download.
+  function wavBlob(chunks, samples, rate) {
+    const header = new DataView(new ArrayBuffer(44));
+    const ascii = (offset, text) => {
+      for (let i = 0; i < text.length; i++) header.setUint8(offset + i, text.charCodeAt(i));
+    };
+    const bytes = samples * 2;
+    ascii(0, "RIFF"); header.setUint32(4, 36 + bytes, true); ascii(8, "WAVE");
+    ascii(12, "fmt "); header.setUint32(16, 16, true); header.setUint16(20, 1, true); header.setUint16(22, 1, true);
+    header.setUint32(24, rate, true); header.setUint32(28, rate * 2, true); header.setUint16(32, 2, true);
+    header.setUint16(34, 16, true);
+    ascii(36, "data"); header.setUint32(40, bytes, true);
+    return new Blob([header, ...chunks], { type: "audio/wav" });
+  }
+
+  // One AudioContext per sample rate, created (or resumed) inside the click that asked for sound, which is
+  // what browsers' autoplay rules require. At the stream's own rate no resampling happens before the output.
+  function audioContext(rate) {
+    const Ctx = window.AudioContext || window.webkitAudioContext;
+    if (!Ctx) return null;
+    if (state.audio && state.audio.sampleRate !== rate) {
+      state.audio.close();
+      state.audio = null;
+    }
+    if (!state.audio) {
+      try {
+        state.audio = new Ctx({ sampleRate: rate });
+      } catch (_) {
+        state.audio = new Ctx();  // a rate it cannot run at: AudioBuffers at the stream's rate get resampled
+      }
+    }
+    state.audio.resume();
+    return state.audio;
+  }
+
+  // Raw s16le mono PCM as it arrives -> AudioBufferSourceNodes started back to back on the context's clock, so
+  // the pieces join without a gap; every byte is kept for the WAV download.
+  class LivePlayback {
+    constructor(ctx, onChange) {
+      this.ctx = ctx;
+      this.onChange = onChange;
+      this.rate = ctx ? ctx.sampleRate : 0;
+      this.chunks = [];
+      this.samples = 0;
+      this.odd = null;        // a byte of a sample split across two network reads
+      this.sources = new Set();
+      this.start = null;      // context time the first sample plays at
+      this.next = 0;          // context time the next chunk starts at
+      this.gaps = 0;          // chunks that came too late to follow on directly
+      this.done = false;
+      this.stopped = false;
+      this.controller = new AbortController();
+      this.frame = null;
+    }
+
+    push(bytes) {
+      if (this.stopped || !bytes.length) return;
+      let data = bytes;
+      if (this.odd !== null) {
+        data = new Uint8Array(bytes.length + 1);
+        data[0] = this.odd;
+        data.set(bytes, 1);
+        this.odd = null;
+      }
+      if (data.length % 2) {
+        this.odd = data[data.length - 1];
+        data = data.subarray(0, data.length - 1);
+      }
+      const n = data.length / 2;
+      if (!n) return;
+      const copy = data.slice();
+      this.chunks.push(copy);
+      this.samples += n;
+      if (!this.ctx) return;
+      const view = new DataView(copy.buffer);
+      const buffer = this.ctx.createBuffer(1, n, this.rate);
+      const channel = buffer.getChannelData(0);
+      for (let i = 0; i < n; i++) channel[i] = view.getInt16(2 * i, true) / 32768;
+      const source = this.ctx.createBufferSource();
+      source.buffer = buffer;
+      source.connect(this.ctx.destination);
+      const now = this.ctx.currentTime;
+      if (this.start === null) {
+        this.start = this.next = now + LEAD_S;
+      } else if (this.next < now) {
+        // The network fell behind playback: there is a gap; carry on from now.
+        this.gaps += 1;
+        this.next = now + LEAD_S;
+      }
+      source.start(this.next);
+      this.next += n / this.rate;
+      this.sources.add(source);
+      source.onended = () => {
+        this.sources.delete(source);
+        this.onChange();
+      };
+      this.onChange();
+    }
+
+    // Seconds played so far, and seconds scheduled.
+    position() {
+      if (!this.ctx || this.start === null) return [0, 0];
+      const total = this.next - this.start;
+      return [Math.min(total, Math.max(0, this.ctx.currentTime - this.start)), total];
+    }
+
+    get playing() {
+      return !this.stopped && this.sources.size > 0;
+    }
+
+    stop() {
+      if (this.stopped) return;
+      this.stopped = true;
+      this.controller.abort();
+      for (const source of this.sources) {
+        source.onended = null;
+        try { source.stop(); } catch (_) { /* not started yet */ }
+      }
+      this.sources.clear();
+      this.onChange();
+    }
+  }
+
+  function renderLive() {
+    const live = state.live;
+    if (!live) return;
+    const [played, total] = live.position();
+    el.liveProgress.max = Math.max(total, 0.001);
+    el.liveProgress.value = played;
+    el.liveProgress.setAttribute("aria-valuetext", `${played.toFixed(1)} / ${total.toFixed(1)} s`);
+    let phase;
+    if (live.stopped) phase = "stopped";
+    else if (live.playing) phase = "playing";
+    else if (live.done) phase = "ended";
+    else phase = live.start === null ? "waiting" : "buffering";
+    if (el.result.dataset.playback !== phase) {
+      el.result.dataset.playback = phase;
+      el.liveState.textContent = {
+        waiting: "等待音频… Waiting for audio…",
+        playing: "正在播放 · Playing",
+        buffering: "缓冲中… Buffering…",
+        ended: "播放完毕 · Finished",
+        stopped: "已停止 · Stopped",
+      }[phase];
+    }
+    el.stop.disabled = live.stopped || (live.done && !live.playing);
+    if (phase === "playing" || phase === "buffering" || phase === "waiting") {
+      cancelAnimationFrame(live.frame);
+      live.frame = requestAnimationFrame(renderLive);
+    }
+  }
+
+  function stopLive() {
+    if (state.live) state.live.stop();
+  }
+
+  // Must be called from the click's own task (before any await): that is when audioContext() may start sound.
+  async function synthesizeStream(request, voice, started) {
+    const rate = voice && voice.sample_rate ? voice.sample_rate : 16000;
+    const live = new LivePlayback(audioContext(rate), renderLive);
+    state.live = live;
+    if (state.objectUrl) URL.revokeObjectURL(state.objectUrl);
+    state.objectUrl = null;
+    el.player.removeAttribute("src");
+    el.player.load();
+    el.player.hidden = true;
+    el.download.hidden = true;
+    el.playbackNote.hidden = true;
+    el.live.hidden = false;
+    el.meta.textContent = "";
+    el.result.hidden = false;
+    delete el.result.dataset.firstAudioMs;
+    delete el.result.dataset.receivedMs;
+    renderLive();
+
+    let response;
+    try {
+      response = await call("/v1/synthesize", "audio/L16, application/json",
+        { ...request, format: "pcm", stream: true }, live.controller.signal);
+    } catch (err) {
+      if (live.stopped) {
+        setStatus("已停止。Stopped.");
+        return;
+      }
+      // Nothing was played: no result to show.
+      live.stop();
+      el.result.hidden = true;
+      throw err;
+    }
+    const served = Number(response.headers.get("X-Sample-Rate"));
+    if (served && served !== live.rate) {
+      // Not the voice's rate after all: play it at the rate the server says (the browser resamples).
+      live.rate = served;
+    }
+    setStatus("正在接收并播放… Receiving and playing…");
+    const read = (bytes) => {
+      const before = live.start;
+      live.push(bytes);
+      if (before === null && live.start !== null) {
+        el.result.dataset.firstAudioMs = String(Math.round(performance.now() - started));
+      }
+    };
+    try {
+      if (response.body && response.body.getReader) {
+        const reader = response.body.getReader();
+        for (;;) {
+          const { done, value } = await reader.read();
+          if (done) break;
+          read(value);
+        }
+      } else {
+        read(new Uint8Array(await response.arrayBuffer()));
+      }
+    } catch (err) {
+      if (live.stopped) {
+        setStatus("已停止。Stopped.");
+        return;
+      }
+      throw new ApiError(0, String(err), "stream_interrupted", null, null);
+    } finally {
+      live.done = true;
+      renderLive();
+    }
+    el.result.dataset.receivedMs = String(Math.round(performance.now() - started));
+    const blob = wavBlob(live.chunks, live.samples, live.rate);
+    el.player.hidden = false;
+    el.download.hidden = false;
+    showResult(blob, response, { ...request, format: "wav" }, performance.now() - started,
+      { seconds: live.samples / live.rate, rate: live.rate, label: "PCM → WAV" });
+    el.result.dataset.samples = String(live.samples);
+    el.result.dataset.gaps = String(live.gaps);
   }
 
   async function synthesize(event) {
@@ -436,16 +679,31 @@
       volume: Number(el.volume.value),
       format: selected("format") || "wav",
     };
+    stopLive();
+    const streaming = el.stream.checked;
+    const voice = state.voices.get(el.voice.value);
     setBusy(true);
     setStatus("正在合成… Synthesizing…");
     const started = performance.now();
     try {
-      const response = await call("/v1/synthesize", "audio/*, application/json", request);
-      const blob = await response.blob();
-      showResult(blob, response, request, performance.now() - started);
+      if (streaming) {
+        await synthesizeStream(request, voice, started);
+      } else {
+        state.live = null;
+        el.live.hidden = true;
+        el.player.hidden = false;
+        el.download.hidden = false;
+        delete el.result.dataset.playback;
+        const response = await call("/v1/synthesize", "audio/*, application/json", request);
+        const blob = await response.blob();
+        showResult(blob, response, request, performance.now() - started);
+      }
     } catch (err) {
       setStatus("");
-      const info = describe(err);
+      const info = err instanceof ApiError && err.code === "stream_interrupted"
+        ? { title: "音频流中断 · The audio stream broke off",
+            detail: "已收到的部分已播放。What arrived has been played. Please try again." }
+        : describe(err);
       showError(info);
       if (info.needsKey) el.apiKey.focus();
     } finally {
@@ -509,6 +767,13 @@
     el.moreToggle.addEventListener("click", () => showMoreEmotions(el.moreEmotions.hidden));
     for (const slider of [el.speed, el.pitch, el.volume]) slider.addEventListener("input", updateProsody);
     el.resetProsody.addEventListener("click", resetProsody);
+    const streamChanged = () => {
+      // A stream is raw PCM played as it comes; the download is then a WAV built from it.
+      el.formatField.disabled = el.stream.checked;
+    };
+    el.stream.addEventListener("change", streamChanged);
+    streamChanged();
+    el.stop.addEventListener("click", stopLive);
     el.preview.addEventListener("click", () => {
       const voice = state.voices.get(el.voice.value);
       if (voice) {
