@@ -65,9 +65,9 @@ STARTUP_TIMEOUT_S = 120.0
 LONG_TEXT = ("今天天气很好我们一起去公园散步吧晚上回家再一起吃饭" * 20)[:MAX_CLAUSE]
 
 SETTINGS: dict[str, Any] = {
-    "server": {"host": HOST, "log_level": "info", "drain_delay_s": 0.0, "drain_timeout_s": 2.0},
+    "server": {"host": HOST, "log_level": "info", "drain_delay_s": 0.0, "drain_timeout_s": 0.5},
     "pool": {"workers": 1, "queue_size": 1, "job_timeout_s": 60.0, "startup_timeout_s": STARTUP_TIMEOUT_S,
-             "restart_backoff_s": 0.1},
+             "restart_backoff_s": 0.1, "kill_grace_s": 0.5},
     "limits": {"max_text_chars": 500},
     "auth": {"enabled": True, "keys": [KEY, RL_KEY]},
     "rate_limit": {"enabled": True, "requests_per_second": TOKENS_PER_S, "burst": BURST},
@@ -547,10 +547,10 @@ async def test_disconnect_mid_clause_frees_the_worker(server: Server, before: Sc
     assert increase(before, after, "tts_requests_total", outcome="ok") == 0
 
 
-async def _occupy(srv: Server, done: asyncio.Event) -> None:
-    """A streamed HTTP request for LONG_TEXT that reads until ``done`` is set, then hangs up."""
+async def _occupy(srv: Server, done: asyncio.Event, text: str) -> None:
+    """A streamed HTTP request for ``text`` that reads until ``done`` is set, then hangs up."""
     async with httpx.AsyncClient(base_url=srv.url, headers=auth(), timeout=STEP_TIMEOUT_S) as client:
-        body = {"text": LONG_TEXT, "voice": VOICE, "format": "pcm", "speed": 0.5, "stream": True}
+        body = {"text": text, "voice": VOICE, "format": "pcm", "speed": 0.5, "stream": True}
         async with client.stream("POST", "/v1/synthesize", json=body) as response:
             async for _ in response.aiter_bytes():
                 if done.is_set():
@@ -567,10 +567,11 @@ async def _wait_metric(srv: Server, name: str, value: float) -> None:
 
 async def test_full_queue_is_an_error_event_not_a_hang(server: Server, before: Scrape) -> None:
     done = asyncio.Event()
-    busy = asyncio.create_task(_occupy(server, done))
+    # The worker busy with a long text; a short one waiting in the queue (its length does not matter).
+    busy = asyncio.create_task(_occupy(server, done, LONG_TEXT))
     try:
         await _wait_metric(server, "tts_requests_in_progress", 1)
-        queued = asyncio.create_task(_occupy(server, done))
+        queued = asyncio.create_task(_occupy(server, done, "你好。"))
         try:
             await _wait_metric(server, "tts_queue_depth", 1)
             async with session(server) as ws:
@@ -752,3 +753,11 @@ def test_bench_ws_client(server: Server, before: Scrape, tmp_path: Path, capsys:
     assert "time to first audio:" in capsys.readouterr().out
     after = wait_idle(server)
     assert increase(before, after, "tts_ws_sessions_total", outcome="ok") == 1
+
+
+def test_openapi_description_has_the_protocol(server: Server, before: Scrape) -> None:
+    """OpenAPI cannot describe a WebSocket: the API description carries the protocol's summary instead."""
+    description = httpx.get(f"{server.url}/openapi.json", timeout=5.0).json()["info"]["description"]
+    assert "/v1/tts/ws" in description
+    for word in ('"type": "start"', "clause_started", "cancelled", "4408", "4413", "4503"):
+        assert word in description, word
