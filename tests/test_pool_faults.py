@@ -18,6 +18,7 @@ from tts_server.config import Settings
 from tts_server.inference.pool import (
     DeadlineExceeded,
     JobCancelled,
+    Overloaded,
     WorkerCrashed,
     WorkerPool,
     WorkerState,
@@ -193,6 +194,30 @@ async def test_recycle_on_memory_ceiling(make_settings: Callable[..., Settings],
         assert [r.status_code for r in results] == [200] * 6
         assert app.state.tts.pool.stats().restarts["recycle_memory"] >= 1
         assert len({pid for pid, text in read_log(engine_log) if "漏" in text}) >= 2
+
+
+async def test_queue_size_zero_admits_the_next_job_once_the_worker_is_done(
+        make_settings: Callable[..., Settings]) -> None:
+    """queue_size = 0: nothing waits, yet a job submitted as soon as the previous one's result is in (a WebSocket
+    session's next clause, a client's next request) finds the worker idle and is admitted, not refused with 503.
+    (Heartbeats are spaced out: a job that arrives while a ping is unanswered is refused by design.)"""
+    pool = WorkerPool(make_settings(pool={"workers": 1, "queue_size": 0, "heartbeat_interval_s": 60.0,
+                                          "heartbeat_timeout_s": 60.0}))
+    await pool.start()
+    try:
+        assert await pool.wait_ready(60)
+        for i in range(4):
+            handle = pool.submit(text=f"第{i}句。", voice="alpha", emotion="neutral", speed=1.0,
+                                 request_id=f"s{i}", stream=i % 2 == 0)
+            async for _ in handle.chunks():
+                pass
+            assert (await handle.result()).audio_seconds > 0
+        busy = pool.submit(text="[sleep=0.3] 忙", voice="alpha", emotion="neutral", speed=1.0, request_id="busy")
+        with pytest.raises(Overloaded):  # a busy worker and no queue: refused at once
+            pool.submit(text="等", voice="alpha", emotion="neutral", speed=1.0, request_id="refused")
+        await busy.result()
+    finally:
+        await pool.close()
 
 
 async def test_cancelled_queued_job_never_runs(make_settings: Callable[..., Settings], engine_log: Path) -> None:

@@ -292,21 +292,23 @@ class _AdmissionQueue:
         self._items.clear()
         return items
 
-    async def take(self) -> JobHandle:
-        if self._items:
-            return self._items.popleft()
+    def getter(self) -> asyncio.Future[JobHandle]:
+        """The next job, as a future registered at once: a job offered before the caller runs again goes to it.
+        (Registered by a task's first step instead, a worker that has just finished a job would look busy to the
+        job submitted as its result arrives, and with ``capacity`` 0 that job would be refused.) Cancel the future
+        to stop waiting; a job it already got is the caller's to give back (``push_front``)."""
         getter: asyncio.Future[JobHandle] = asyncio.get_running_loop().create_future()
+        if self._items:
+            getter.set_result(self._items.popleft())
+            return getter
         self._getters.append(getter)
-        try:
-            return await getter
-        except asyncio.CancelledError:
-            if getter.done() and not getter.cancelled():
-                # A job was handed to us just as we were cancelled: give it back, never lose it.
-                self._items.appendleft(getter.result())
-            else:
-                with contextlib.suppress(ValueError):
-                    self._getters.remove(getter)
-            raise
+        getter.add_done_callback(self._forget)
+        return getter
+
+    def _forget(self, getter: asyncio.Future[JobHandle]) -> None:
+        if getter.cancelled():
+            with contextlib.suppress(ValueError):
+                self._getters.remove(getter)
 
 
 # --- worker slots -------------------------------------------------------------------------------------------
@@ -704,7 +706,7 @@ class WorkerPool:
                         self._queue.push_front(take.result())
                     take = None
                 if take is None and slot.ping_sent_at is None:
-                    take = asyncio.ensure_future(self._queue.take())
+                    take = self._queue.getter()
                 get = asyncio.ensure_future(slot.inbox.get())
                 waiting: set[asyncio.Future[object]] = {get} if take is None else {get, take}  # type: ignore[arg-type]
                 try:
