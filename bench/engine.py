@@ -7,7 +7,8 @@ Prints, per thread count, the real-time factor (synthesis seconds / audio second
 frontend (text or symbols -> id streams), encoder+adaptor, AR decoder, postnet, vocoder; and the peak RSS.
 Stage times are medians (or minima, --stat min) over the repeats, after one warm-up run. The personal voice (speaker
 embedding + NSF vocoder, ``sambert-personal-parity``) runs the same case (its speaker field is F7) with fresh NSF
-draws each run, as an unseeded request does; a closing table puts its RTF beside zhitian_emo's (fp32 vocoders).
+draws each run, as an unseeded request does; a closing table puts its RTF beside zhitian_emo's (fp32 vocoders). The
+engines take turns run by run, so a busy machine's background load weighs on all of them alike.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import resource
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tts_server.inference.sambert.engine import SambertEngine
+from tts_server.inference.sambert.engine import SambertEngine, SambertVoice
 
 REPO = Path(__file__).resolve().parents[1]
 PARITY = REPO.parent / "shared" / "reference" / "sambert-parity"
@@ -41,6 +43,25 @@ def _case_symbols(case: str, parity: Path = PARITY) -> str:
 Summary = dict[tuple[str, str, str, int], float]
 
 
+@dataclass
+class Subject:
+    """One engine under test: its first voice synthesises ``symbols`` (or the shared text)."""
+
+    engine: SambertEngine
+    symbols: str
+    precision: str
+
+    @property
+    def voice(self) -> SambertVoice:
+        return self.engine._voices[next(iter(self.engine.voices()))]
+
+    @property
+    def kind(self) -> str:
+        # The personal parity voice sits in a model directory, but it is a personal (SE + NSF) voice.
+        info = self.voice.info
+        return "personal" if info.stochastic or info.kind == "personal" else "built-in"
+
+
 def _load(model_dir: Path, threads: int, precision: str) -> SambertEngine:
     from tts_server.config import load_settings
     from tts_server.inference.sambert.engine import load_sambert_engine
@@ -49,36 +70,28 @@ def _load(model_dir: Path, threads: int, precision: str) -> SambertEngine:
     engine = load_sambert_engine(load_settings(model={
         "model_dir": str(model_dir), "torch_threads": threads, "vocoder_precision": precision,
     }))
-    load_s = time.perf_counter() - t0
-    print(f"\n=== vocoder {precision} === model: {model_dir}  load: {load_s:.2f} s  torch {torch.__version__}")
+    print(f"loaded {model_dir} (vocoder {precision}) in {time.perf_counter() - t0:.2f} s")
     return engine
 
 
 def run(model_dir: Path, symbols: str, text: str | None, threads: list[int], repeats: int, stat: str,
         precisions: list[str], personal: tuple[Path, str] | None = None) -> None:
-    if text is None:
-        text = DEFAULT_TEXT
-    summary: Summary = {}
-    for precision in precisions:
-        engine = _load(model_dir, threads[0], precision)
-        keep = summary if precision == "fp32" else None
-        measure(engine, symbols, None, threads, repeats, stat, keep)
-        measure(engine, symbols, text, threads, repeats, stat, keep)
-        del engine
+    print(f"torch {torch.__version__}")
+    subjects = [Subject(_load(model_dir, threads[0], p), symbols, p) for p in precisions]
     if personal is not None:
         # Non-causal NSF vocoder: vocoder_precision bf16 does not apply to it.
-        personal_dir, personal_symbols = personal
-        engine = _load(personal_dir, threads[0], "fp32")
-        measure(engine, personal_symbols, None, threads, repeats, stat, summary)
-        measure(engine, personal_symbols, text, threads, repeats, stat, summary)
-    if personal is not None and summary:
+        subjects.append(Subject(_load(personal[0], threads[0], "fp32"), personal[1], "fp32"))
+    summary: Summary = {}
+    measure(subjects, None, threads, repeats, stat, summary)
+    measure(subjects, text if text is not None else DEFAULT_TEXT, threads, repeats, stat, summary)
+    if personal is not None:
         _print_summary(summary, stat, repeats)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS: {rss_mb:.0f} MiB")
 
 
 def _print_summary(summary: Summary, stat: str, repeats: int) -> None:
-    print(f"\nRTF, built-in vs personal voice (fp32 vocoders; {stat} of {repeats} runs)")
+    print(f"\nRTF, built-in vs personal voice (fp32 vocoders; {stat} of {repeats} interleaved runs)")
     header = f"{'voice':<14} {'kind':<9} {'threads':>7} {'symbols':>8} {'text':>8}"
     print(header)
     print("-" * len(header))
@@ -89,61 +102,72 @@ def _print_summary(summary: Summary, stat: str, repeats: int) -> None:
         print(f"{voice:<14} {kind:<9} {n:>7} {cells}")
 
 
-def measure(engine: SambertEngine, symbols: str, text: str | None, threads: list[int], repeats: int, stat: str,
-            summary: Summary | None = None) -> None:
-    name = next(iter(engine.voices()))
-    voice = engine._voices[name]
-    emotion = voice.info.default_emotion
-    if text is None:
-        # Keep the case's own emotion so that the audio matches the parity case.
-        field = symbols.split()[0].strip("{}").split("$")[4]
-        emotion = field.removeprefix("emotion_")
-    source = text if text is not None else symbols
+def _emotion(subject: Subject, text: str | None) -> str:
+    if text is not None:
+        return subject.voice.info.default_emotion
+    # Keep the case's own emotion so that the audio matches the parity case.
+    return subject.symbols.split()[0].strip("{}").split("$")[4].removeprefix("emotion_")
 
-    rows = []
+
+def _once(subject: Subject, text: str | None) -> tuple[dict[str, float], float, int]:
+    """One synthesis: stage times, total seconds, samples."""
+    engine, voice = subject.engine, subject.voice
+    source = text if text is not None else subject.symbols
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    sentences = engine._sentences(voice, source, _emotion(subject, text), "text" if text is not None else "symbols")
+    encoded = [voice.unit.encode_tokens(s.tokens) for s in sentences]
+    timings["frontend"] = time.perf_counter() - start
+    samples_out = 0
+    with torch.inference_mode():
+        for sentence, ids in zip(sentences, encoded, strict=True):
+            am = voice.acoustic(ids, speed=sentence.speed, timings=timings)
+            t = time.perf_counter()
+            wav = voice.vocode(am.postnet_outputs)
+            timings["vocoder"] = timings.get("vocoder", 0.0) + time.perf_counter() - t
+            samples_out += wav.size
+    return timings, time.perf_counter() - start, samples_out
+
+
+def measure(subjects: list[Subject], text: str | None, threads: list[int], repeats: int, stat: str,
+            summary: Summary) -> None:
+    """Time every subject at each thread count. The subjects take turns run by run, so that on a shared machine
+    they see the same background load and their RTFs compare."""
+    rows: dict[int, list[tuple[int, float, dict[str, float]]]] = {i: [] for i in range(len(subjects))}
     for n in threads:
-        engine._threads = n
+        for subject in subjects:
+            subject.engine._threads = n
         torch.set_num_threads(n)
-        samples: dict[str, list[float]] = {s: [] for s in (*STAGES, "total")}
-        audio_s = 0.0
+        samples: list[dict[str, list[float]]] = [{s: [] for s in (*STAGES, "total")} for _ in subjects]
+        audio_s = [0.0] * len(subjects)
         for i in range(repeats + 1):
-            timings: dict[str, float] = {}
-            start = time.perf_counter()
-            sentences = engine._sentences(voice, source, emotion, "text" if text is not None else "symbols")
-            encoded = [voice.unit.encode_tokens(s.tokens) for s in sentences]
-            timings["frontend"] = time.perf_counter() - start
-            samples_out = 0
-            with torch.inference_mode():
-                for sentence, ids in zip(sentences, encoded, strict=True):
-                    am = voice.acoustic(ids, speed=sentence.speed, timings=timings)
-                    t = time.perf_counter()
-                    wav = voice.vocode(am.postnet_outputs)
-                    timings["vocoder"] = timings.get("vocoder", 0.0) + time.perf_counter() - t
-                    samples_out += wav.size
-            total = time.perf_counter() - start
-            if i == 0:
-                continue  # warm-up
-            audio_s = samples_out / voice.sample_rate
-            for s in STAGES:
-                samples[s].append(timings.get(s, 0.0))
-            samples["total"].append(total)
+            for k, subject in enumerate(subjects):
+                timings, total, samples_out = _once(subject, text)
+                if i == 0:
+                    continue  # warm-up
+                audio_s[k] = samples_out / subject.voice.sample_rate
+                for s in STAGES:
+                    samples[k][s].append(timings.get(s, 0.0))
+                samples[k]["total"].append(total)
         pick = statistics.median if stat == "median" else min
-        med = {k: pick(v) for k, v in samples.items()}
-        rows.append((n, audio_s, med))
-        if summary is not None:
-            source_kind = "text" if text is not None else "symbols"
-            # The personal parity voice sits in a model directory, but it is a personal (SE + NSF) voice.
-            kind = "personal" if voice.info.stochastic or voice.info.kind == "personal" else "built-in"
-            summary[(name, kind, source_kind, n)] = med["total"] / audio_s
+        for k, subject in enumerate(subjects):
+            med = {key: pick(v) for key, v in samples[k].items()}
+            rows[k].append((n, audio_s[k], med))
+            if subject.precision == "fp32":
+                summary[(subject.voice.name, subject.kind, "text" if text is not None else "symbols", n)] = (
+                    med["total"] / audio_s[k])
 
     kind = "plain text through the frontend" if text is not None else "symbols"
-    print(f"\nvoice {name}, emotion {emotion}, input: {kind}, {len(source)} chars; {stat} of {repeats} runs")
-    header = f"{'threads':>7} {'audio s':>8} {'RTF':>6} " + " ".join(f"{s:>15}" for s in (*STAGES, "total"))
-    print(header)
-    print("-" * len(header))
-    for n, audio_s, med in rows:
-        cells = " ".join(f"{med[s] * 1000:>12.1f} ms" for s in (*STAGES, "total"))
-        print(f"{n:>7} {audio_s:>8.2f} {med['total'] / audio_s:>6.3f} {cells}")
+    for k, subject in enumerate(subjects):
+        source = text if text is not None else subject.symbols
+        print(f"\nvoice {subject.voice.name} ({subject.kind}, vocoder {subject.precision}), emotion "
+              f"{_emotion(subject, text)}, input: {kind}, {len(source)} chars; {stat} of {repeats} runs")
+        header = f"{'threads':>7} {'audio s':>8} {'RTF':>6} " + " ".join(f"{s:>15}" for s in (*STAGES, "total"))
+        print(header)
+        print("-" * len(header))
+        for n, seconds, med in rows[k]:
+            cells = " ".join(f"{med[s] * 1000:>12.1f} ms" for s in (*STAGES, "total"))
+            print(f"{n:>7} {seconds:>8.2f} {med['total'] / seconds:>6.3f} {cells}")
 
 
 def main(argv: list[str] | None = None) -> int:
