@@ -15,6 +15,7 @@ import contextlib
 import json
 import random
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -58,6 +59,8 @@ MAX_CLAUSE = 490
 MAX_MESSAGE_BYTES = 16 * 1024
 #: No step of a session may take longer than this: a hang fails the test instead of stalling the suite.
 STEP_TIMEOUT_S = 20.0
+#: Between SIGTERM and closing the listener (readiness is off meanwhile); only the last case stops the server.
+DRAIN_DELAY_S = 0.5
 STARTUP_TIMEOUT_S = 120.0
 
 #: A clause of MAX_CLAUSE characters without punctuation: at speed 0.5 the tiny model needs well over a second
@@ -65,7 +68,7 @@ STARTUP_TIMEOUT_S = 120.0
 LONG_TEXT = ("今天天气很好我们一起去公园散步吧晚上回家再一起吃饭" * 20)[:MAX_CLAUSE]
 
 SETTINGS: dict[str, Any] = {
-    "server": {"host": HOST, "log_level": "info", "drain_delay_s": 0.0, "drain_timeout_s": 0.5},
+    "server": {"host": HOST, "log_level": "info", "drain_delay_s": DRAIN_DELAY_S, "drain_timeout_s": 0.5},
     "pool": {"workers": 1, "queue_size": 1, "job_timeout_s": 60.0, "startup_timeout_s": STARTUP_TIMEOUT_S,
              "restart_backoff_s": 0.1, "kill_grace_s": 0.5},
     "limits": {"max_text_chars": 500},
@@ -761,3 +764,33 @@ def test_openapi_description_has_the_protocol(server: Server, before: Scrape) ->
     assert "/v1/tts/ws" in description
     for word in ('"type": "start"', "clause_started", "cancelled", "4408", "4413", "4503"):
         assert word in description, word
+
+
+
+# --- keep this case last: it stops the module's server --------------------------------------------------------
+
+
+async def test_shutdown_closes_open_sessions_with_1012(server: Server) -> None:
+    async with session(server) as speaking, session(server) as listening:
+        await start(speaking, speed=0.5)
+        await start(listening)
+        await send(speaking, type="text", text=LONG_TEXT)
+        assert (await event(speaking))["type"] == "clause_started"
+        assert isinstance(await receive(speaking), bytes)
+        signalled = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        async with httpx.AsyncClient(base_url=server.url, timeout=5.0) as client:
+            for _ in range(int(STEP_TIMEOUT_S / 0.02)):  # readiness turns 503 at once
+                if (await client.get("/readyz")).status_code == 503:
+                    break
+                await asyncio.sleep(0.02)
+        # Sessions are still served for server.drain_delay_s (if that has not passed already) ...
+        with contextlib.suppress(ConnectionClosed):
+            await send(listening, type="cancel")
+        # ... then every open session is closed, mid-clause or not: 1012, "service restart".
+        for ws in (speaking, listening):
+            t = await until_closed(ws)
+            assert t.close_code == 1012, t.events
+            assert {e["type"] for e in t.events} <= {"cancelled", "clause_done"}, t.events
+    assert server.proc.wait(20) == 0
+    assert time.monotonic() - signalled < DRAIN_DELAY_S + 10
