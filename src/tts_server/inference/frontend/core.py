@@ -194,6 +194,22 @@ class Frontend:
     ) -> list[Utterance]:
         """Text (or, with ``ssml=True``, an SSML document) -> one ``Utterance`` per sentence. Raises
         ``FrontendError`` for unusable input."""
+        return list(self.utterances(text, speaker=speaker, emotion=emotion, allowed_emotions=allowed_emotions,
+                                    ssml=ssml))
+
+    def utterances(
+        self,
+        text: str,
+        *,
+        speaker: str,
+        emotion: str,
+        allowed_emotions: Collection[str],
+        ssml: bool = False,
+    ) -> Iterator[Utterance]:
+        """``process``, one sentence at a time, for streaming: the first sentence's symbols are ready without
+        the later sentences' phrasing, tone sandhi and symbols. Everything that can reject the input (names,
+        SSML, normalisation, every word's pronunciation) is checked before this returns, so a ``FrontendError``
+        never comes from the iterator."""
         if not _NAME_RE.fullmatch(speaker):
             raise FrontendError(f"invalid speaker name {speaker!r}", param="voice")
         allowed = {_bare_emotion(e) for e in allowed_emotions}
@@ -203,20 +219,24 @@ class Frontend:
                 f"emotion {emotion!r} is not supported; expected one of {', '.join(sorted(allowed))}",
                 param="emotion",
             )
-        utterances = []
-        for chunk, sentence, pause, last in self._chunks(text, emotion, allowed, ssml):
-            symbols, units = self._emit(chunk, speaker)
-            utterances.append(
-                Utterance(
-                    symbols, sentence.speed, pause, sentence.pitch, sentence.volume_db, units,
-                    sentence.marks_end if last else (),
-                )
-            )
-        if not utterances:
+        sentences = self._sentences(self._tokens(self._items(text, emotion, allowed, ssml)))
+        if not sentences:
             raise FrontendError(
                 "the text has nothing to read aloud after normalisation (no Chinese characters, digits or letters)"
             )
-        return utterances
+        for sentence in sentences:
+            for tok in sentence.tokens:
+                if isinstance(tok, Word):
+                    self._word_phones(tok)  # phrasing, sandhi and splitting keep every syllable's base
+        return self._utterances(sentences, speaker)
+
+    def _utterances(self, sentences: list[_Sentence], speaker: str) -> Iterator[Utterance]:
+        for chunk, sentence, pause, last in self._sentence_chunks(sentences):
+            symbols, units = self._emit(chunk, speaker)
+            yield Utterance(
+                symbols, sentence.speed, pause, sentence.pitch, sentence.volume_db, units,
+                sentence.marks_end if last else (),
+            )
 
     def pinyin(self, text: str, *, ssml: bool = False, emotion: str = "neutral") -> list[str]:
         """The readings ``process`` would use, one string per sentence: ``ni2 hao3 #1 shi4 jie4 #4``.
@@ -267,7 +287,12 @@ class Frontend:
     ) -> Iterator[tuple[list[Word | _Pause], _Sentence, float, bool]]:
         if items is None:
             items = self._items(text, emotion, allowed, ssml)
-        for sentence in self._sentences(self._tokens(items)):
+        yield from self._sentence_chunks(self._sentences(self._tokens(items)))
+
+    def _sentence_chunks(
+        self, sentences: list[_Sentence]
+    ) -> Iterator[tuple[list[Word | _Pause], _Sentence, float, bool]]:
+        for sentence in sentences:
             sentence.tokens = _phrase_breaks(sentence.tokens)
             self._sandhi(sentence.tokens)
             chunks = _split_long(sentence.tokens, self._max_chars)
@@ -423,17 +448,22 @@ class Frontend:
                 phrase = []
         apply_sandhi(phrase)
 
+    def _word_phones(self, word: Word) -> list[tuple[tuple[str, ...], int]]:
+        """Each syllable's phones (and tone), or the ``FrontendError`` for one this voice cannot pronounce."""
+        phones = []
+        for syl in word.syllables:
+            try:
+                phones.append((self._syllable_phones(syl.base), syl.tone))
+            except SyllableError as exc:
+                source = "".join(word.chars) or str(syl)
+                raise FrontendError(f"cannot pronounce {source!r} with this voice: {exc}") from None
+        return phones
+
     def _emit(self, tokens: list[Word | _Pause], speaker: str) -> tuple[str, tuple[Unit, ...]]:
         parts: list[str] = []
         units: list[Unit] = []
         for index, (level, word) in enumerate(_words_with_breaks(tokens)):
-            phones = []
-            for syl in word.syllables:
-                try:
-                    phones.append((self._syllable_phones(syl.base), syl.tone))
-                except SyllableError as exc:
-                    source = "".join(word.chars) or str(syl)
-                    raise FrontendError(f"cannot pronounce {source!r} with this voice: {exc}") from None
+            phones = self._word_phones(word)
             if level:
                 parts.append(break_token(level, speaker))
                 units.append(Unit("break", f"#{level}", 1))

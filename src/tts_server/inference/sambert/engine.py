@@ -34,7 +34,7 @@ from tts_server.inference.engine import (
     Synthesis,
     VoiceInfo,
 )
-from tts_server.inference.frontend import Frontend
+from tts_server.inference.frontend import Frontend, Utterance
 from tts_server.inference.sambert.acoustic import (
     AcousticInputs,
     AcousticOutput,
@@ -345,12 +345,19 @@ class SambertEngine:
     ) -> Iterator[Synthesis]:
         # A generator of its own, so that the checks above raise when the stream is asked for, not when it is read.
         torch.set_num_threads(self._threads)
-        t0 = time.perf_counter()
-        sentences = self._sentences(v, text, emotion, input_format)
-        # Encode everything first so that a bad symbol in a later sentence fails before any audio is sent.
-        encoded = [v.unit.encode_tokens(s.tokens) for s in sentences]
-        frontend_s = time.perf_counter() - t0
-        for sentence, ids in zip(sentences, encoded, strict=True):
+        clock = _FrontendClock()
+        with clock:
+            sentences = self._sentences(v, text, emotion, input_format)
+            if isinstance(sentences, list):
+                # Encode everything first so that a bad symbol in a later sentence fails before any audio is sent.
+                pairs: Iterator[tuple[_Sentence, EncodedSymbols]] = iter(
+                    [(s, v.unit.encode_tokens(s.tokens)) for s in sentences])
+            else:
+                # Text: the frontend has checked the whole input; each later sentence's symbols are made when it is
+                # reached, so the first audio does not wait for them (its time goes to that sentence's "frontend").
+                pairs = ((s, v.unit.encode_tokens(s.tokens)) for s in sentences)
+        for sentence, ids in clock.timed(pairs):
+            frontend_s = clock.take()
             # SSML <prosody> values add to the request's; the sum is kept in range (as rates are).
             shift = min(PITCH_MAX, max(PITCH_MIN, pitch + sentence.pitch))
             gain_db = min(VOLUME_DB_MAX, max(VOLUME_DB_MIN, volume_db + sentence.volume_db))
@@ -448,7 +455,11 @@ class SambertEngine:
             )
         return name
 
-    def _sentences(self, voice: SambertVoice, text: str, emotion: str, input_format: InputFormat) -> list[_Sentence]:
+    def _sentences(
+        self, voice: SambertVoice, text: str, emotion: str, input_format: InputFormat
+    ) -> list[_Sentence] | Iterator[_Sentence]:
+        """The sentences to synthesise: a list for symbol input; for text and SSML an iterator that makes each
+        sentence's symbols when it is reached (the frontend rejects bad input before this returns)."""
         stripped = text.strip()
         if not stripped:
             raise EngineError("text is empty", param="text")
@@ -466,14 +477,18 @@ class SambertEngine:
                 sentences.append(_Sentence(tokens, 1.0, 0.0, units=units))
             return sentences
         frontend = self._frontend(voice)
-        utterances = frontend.process(
+        utterances = frontend.utterances(
             text,
             speaker=voice.default_speaker,
             emotion=emotion,
             allowed_emotions=voice.info.emotions,
             ssml=input_format == "ssml",
         )
-        sentences = []
+        return self._from_utterances(voice, utterances)
+
+    @staticmethod
+    def _from_utterances(voice: SambertVoice, utterances: Iterator[Utterance]) -> Iterator[_Sentence]:
+        count = 0
         for utt in utterances:
             if not math.isfinite(utt.speed) or utt.speed <= 0:
                 raise EngineError(f"invalid speaking rate {utt.speed!r}", param="text")
@@ -485,20 +500,18 @@ class SambertEngine:
                 # Timings still cover the audio (syllables from the symbols, without text offsets).
                 units = symbol_units([_symbol(t, (0, 0)) for t in tokens])
                 units = tuple(replace(u, source=None) for u in units)
-            sentences.append(
-                _Sentence(
-                    tokens,
-                    float(utt.speed),
-                    float(utt.pause_after_s),
-                    float(utt.pitch),
-                    float(utt.volume_db),
-                    units,
-                    tuple(utt.marks_end),
-                )
+            count += 1
+            yield _Sentence(
+                tokens,
+                float(utt.speed),
+                float(utt.pause_after_s),
+                float(utt.pitch),
+                float(utt.volume_db),
+                units,
+                tuple(utt.marks_end),
             )
-        if not sentences:
+        if not count:
             raise EngineError("the text contains nothing to synthesize", param="text")
-        return sentences
 
     def _frontend(self, voice: SambertVoice) -> Frontend:
         frontend = self._frontends.get(voice.name)
@@ -508,6 +521,32 @@ class SambertEngine:
                 frontend.set_lexicon(self._lexicon)
             self._frontends[voice.name] = frontend
         return frontend
+
+
+class _FrontendClock:
+    """Time spent making sentences (frontend and symbol encoding), taken by the sentence that comes next."""
+
+    def __init__(self) -> None:
+        self._spent = 0.0
+        self._since = 0.0
+
+    def __enter__(self) -> None:
+        self._since = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self._spent += time.perf_counter() - self._since
+
+    def timed(self, pairs: Iterator[tuple[_Sentence, EncodedSymbols]]) -> Iterator[tuple[_Sentence, EncodedSymbols]]:
+        while True:
+            with self:
+                pair = next(pairs, None)
+            if pair is None:
+                return
+            yield pair
+
+    def take(self) -> float:
+        spent, self._spent = self._spent, 0.0
+        return spent
 
 
 def _symbol(token: Token, span: tuple[int, int]) -> SymbolToken:
