@@ -421,7 +421,19 @@ def test_webui_stream_plays_as_it_arrives(serve: Callable[..., LiveServer], open
 def test_webui_stream_stop_and_errors(serve: Callable[..., LiveServer], open_page: Callable[..., Any]) -> None:
     server = serve(limits={"max_text_chars": 100})
     page = open_page(server)
+
+    # The tone engine reports no timings: Highlight on says so in words.
+    page.fill("#text", "你好。")
+    page.check("#timestamps")
+    page.click("#synthesize")
+    page.wait_for_function("() => document.getElementById('error-title').textContent.includes('no timestamps')")
+    assert "Turn Highlight off" in page.inner_text("#error")
+    page.uncheck("#timestamps")
+
+    # Timestamps come only with a whole response: Stream switches Highlight off.
+    page.check("#timestamps")
     page.check("#stream")
+    assert page.is_disabled("#timestamps")
 
     # An error before any audio: shown inline like any other, no result card.
     page.fill("#text", "[fail]你好。")
@@ -577,6 +589,66 @@ def test_webui_pronunciation_preview(serve: Callable[..., LiveServer], open_page
     page.wait_for_function("() => document.getElementById('reading').textContent.includes('重庆★ (zhong4 qing4)')")
     assert "天气 (tian1 qi4)" in page.text_content("#reading")
     assert "lexicon version 1" in page.text_content("#reading")
+
+
+def test_webui_highlight_follows_playback(serve: Callable[..., LiveServer], open_page: Callable[..., Any],
+                                         tmp_path: Path) -> None:
+    # The real engine (tiny random-weight Sambert model) reports syllable timings: with Highlight on, the text is
+    # marked syllable by syllable as the audio plays, and the waveform shows where each sentence ends.
+    from tests.tinymodel import build_tiny_model_dir
+
+    model_dir = build_tiny_model_dir(tmp_path / "model", voices=("zhitian_emo",))
+    page = open_page(serve(engine={"name": "sambert"}, model={"model_dir": str(model_dir)},
+                           limits={"max_text_chars": 100}))
+    text = "今天天气很好。我们一起去公园散步吧！"
+    page.fill("#text", text)
+    page.check("#timestamps")
+    with page.expect_response(lambda r: r.url.endswith("/v1/synthesize")) as answer:
+        page.click("#synthesize")
+    assert answer.value.request.post_data_json["timestamps"] is True
+    doc = answer.value.json()
+    page.wait_for_function("() => document.getElementById('player').duration > 0")
+    page.wait_for_selector("#waveform[data-boundaries]")
+    assert page.get_attribute("#waveform", "data-boundaries") == str(len(doc["sentences"]) - 1) == "1"
+    # The canvas has been drawn on (not all one colour).
+    assert page.evaluate("""() => { const c = document.getElementById('waveform');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        return new Set(Array.from(d.filter((_, i) => i % 4 === 3))).size > 1 && c.width > 100; }""")
+    assert page.inner_text("#karaoke") == text
+
+    # Seeking (paused) to the middle of a syllable marks exactly its characters.
+    syllables = [s for s in doc["syllables"] if s["end_ms"] > s["start_ms"] and s["begin"] is not None]
+    assert len(syllables) >= 10
+    for s in (syllables[1], syllables[len(syllables) // 2], syllables[-1]):
+        page.evaluate("(t) => { const a = document.getElementById('player'); a.currentTime = t; }",
+                      (s["start_ms"] + s["end_ms"]) / 2000)
+        page.wait_for_function("""(range) => { const spans = [...document.querySelectorAll('#karaoke span')];
+            const on = spans.map((x, i) => x.classList.contains('current') ? i : -1).filter(i => i >= 0);
+            return on.length === range[1] - range[0] && on[0] === range[0]; }""", arg=[s["begin"], s["end"]])
+        spoken = page.evaluate("[...document.querySelectorAll('#karaoke span')].map(x => x.className)")
+        assert all(c == "spoken" for c in spoken[:s["begin"]]), spoken
+
+    # Playing from the start: the highlighted syllable moves forward through the text, in time with the audio.
+    page.evaluate("""() => { window.__seen = []; const k = document.getElementById('karaoke');
+        new MutationObserver(() => window.__seen.push([Number(k.dataset.syllable),
+                                                       document.getElementById('player').currentTime]))
+            .observe(k, {attributes: true, attributeFilter: ['data-syllable']});
+        const a = document.getElementById('player'); a.currentTime = 0; return a.play(); }""")
+    page.wait_for_function("() => document.getElementById('player').ended", timeout=30_000)
+    seen = [(i, t) for i, t in page.evaluate("window.__seen") if i >= 0]
+    indices = [i for i, _ in seen]
+    assert len(set(indices)) >= len(syllables) // 2, seen
+    assert indices == sorted(indices), seen
+    for i, t in seen:
+        # Each change happened while the audio was inside that syllable (one animation frame of slack).
+        assert syllables[i]["start_ms"] - 40 <= t * 1000 <= syllables[i]["end_ms"] + 40, (i, t, syllables[i])
+    ARTIFACTS.mkdir(exist_ok=True)
+    middle = len(syllables) // 2
+    page.evaluate("(t) => { document.getElementById('player').currentTime = t; }",
+                  (syllables[middle]["start_ms"] + syllables[middle]["end_ms"]) / 2000)
+    page.wait_for_selector(f"#karaoke[data-syllable='{middle}']")
+    page.wait_for_timeout(200)  # the highlight's colour transition
+    page.screenshot(path=str(ARTIFACTS / "webui-highlight.png"), full_page=True)
 
 
 def _chips(page: Any, selector: str) -> list[tuple[str, str]]:

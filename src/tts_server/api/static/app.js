@@ -22,13 +22,14 @@
     errorTitle: $("error-title"), errorDetail: $("error-detail"), result: $("result"), player: $("player"),
     playbackNote: $("playback-note"), meta: $("result-meta"), download: $("download"),
     stream: $("stream"), formatField: $("format-field"), live: $("live"), liveState: $("live-state"),
-    liveProgress: $("live-progress"), stop: $("stop"),
+    liveProgress: $("live-progress"), stop: $("stop"), timestamps: $("timestamps"), karaoke: $("karaoke"),
+    waveform: $("waveform"),
     preview: $("use-preview"), version: $("server-version"), showReading: $("show-reading"), reading: $("reading"),
   };
 
   const state = {
     limit: null, voices: new Map(), busy: false, loaded: false, objectUrl: null,
-    countdown: null, reloadTimer: null, audio: null, live: null,
+    countdown: null, reloadTimer: null, audio: null, live: null, readAlong: null, wave: null, frame: null,
   };
 
   // Python's len() counts code points; a JS string's length counts UTF-16 units, which differs for emoji and
@@ -411,6 +412,160 @@
   }
 
 
+  // ---------------------------------------------------------------- read-along highlight and waveform
+
+  // The text as sent, one span per code point (the timestamps' offsets count code points, like the server).
+  function showReadAlong(text, doc) {
+    const spans = Array.from(text).map((c) => {
+      const span = document.createElement("span");
+      span.textContent = c;
+      return span;
+    });
+    el.karaoke.replaceChildren(...spans);
+    // Syllables that point at no input (or at nothing) cannot be shown; the rest in time order.
+    const syllables = doc.syllables
+      .filter((s) => s.begin != null && s.end != null && s.end > s.begin && s.end_ms > s.start_ms)
+      .sort((a, b) => a.start_ms - b.start_ms);
+    state.readAlong = { spans, syllables, key: null };
+    el.karaoke.hidden = false;
+    highlight();
+  }
+
+  function clearReadAlong() {
+    state.readAlong = null;
+    el.karaoke.hidden = true;
+    el.karaoke.replaceChildren();
+    delete el.karaoke.dataset.syllable;
+  }
+
+  // Marks the syllable playing at the audio's current time, and everything said before it.
+  function highlight() {
+    const ra = state.readAlong;
+    if (!ra) return;
+    const ms = el.player.currentTime * 1000;
+    let current = -1, spokenUntil = 0;
+    for (let i = 0; i < ra.syllables.length; i++) {
+      const s = ra.syllables[i];
+      if (s.start_ms > ms) break;
+      if (ms < s.end_ms) current = i;
+      else spokenUntil = Math.max(spokenUntil, s.end);
+    }
+    const key = `${current}:${spokenUntil}`;
+    if (key === ra.key) return;
+    ra.key = key;
+    const begin = current >= 0 ? ra.syllables[current].begin : -1;
+    const end = current >= 0 ? ra.syllables[current].end : -1;
+    ra.spans.forEach((span, i) => {
+      const now = i >= begin && i < end;
+      span.className = now ? "current" : (i < spokenUntil ? "spoken" : "");
+    });
+    el.karaoke.dataset.syllable = String(current);
+  }
+
+  function cssColor(name) {
+    return getComputedStyle(document.documentElement).getPropertyValue(name).trim() || "#4f46e5";
+  }
+
+  // Decodes the result (any format the browser plays) and keeps a min/max envelope to draw from.
+  async function showWaveform(blob, doc) {
+    state.wave = null;
+    el.waveform.hidden = true;
+    delete el.waveform.dataset.boundaries;
+    const mine = {};
+    state.waveFor = mine;
+    let audio;
+    try {
+      const Offline = window.OfflineAudioContext || window.webkitOfflineAudioContext;
+      if (!Offline) return;
+      audio = await new Offline(1, 1, 16000).decodeAudioData(await blob.arrayBuffer());
+    } catch (_) {
+      return;  // a format this browser cannot decode: no waveform, nothing else lost
+    }
+    if (state.waveFor !== mine) return;  // a newer result is being shown
+    const sentences = doc ? doc.sentences : [];
+    state.wave = { samples: audio.getChannelData(0), duration: audio.duration, sentences, image: null, width: 0 };
+    el.waveform.hidden = false;
+    el.waveform.dataset.boundaries = String(Math.max(0, sentences.length - 1));
+    renderWave();
+  }
+
+  function clearWaveform() {
+    state.wave = null;
+    state.waveFor = null;
+    el.waveform.hidden = true;
+  }
+
+  function drawEnvelope(w, width, height) {
+    const image = document.createElement("canvas");
+    image.width = width;
+    image.height = height;
+    const g = image.getContext("2d");
+    const mid = height / 2, per = w.samples.length / width;
+    g.fillStyle = cssColor("--accent");
+    for (let x = 0; x < width; x++) {
+      let lo = 0, hi = 0;
+      const from = Math.floor(x * per), to = Math.max(from + 1, Math.floor((x + 1) * per));
+      for (let i = from; i < to && i < w.samples.length; i++) {
+        const v = w.samples[i];
+        if (v < lo) lo = v;
+        if (v > hi) hi = v;
+      }
+      const top = mid - hi * mid, bottom = mid - lo * mid;
+      g.fillRect(x, top, 1, Math.max(1, bottom - top));
+    }
+    // Sentence boundaries: the pause after each sentence shaded, a line where the next one starts.
+    const ms = w.duration * 1000, dpr = window.devicePixelRatio || 1;
+    g.fillStyle = "rgba(127, 127, 127, 0.18)";
+    g.strokeStyle = cssColor("--muted");
+    g.lineWidth = dpr;
+    g.setLineDash([4 * dpr, 3 * dpr]);
+    w.sentences.forEach((s, i) => {
+      const x0 = (s.speech_end_ms / ms) * width, x1 = (s.end_ms / ms) * width;
+      if (x1 > x0) g.fillRect(x0, 0, x1 - x0, height);
+      if (i < w.sentences.length - 1) {
+        g.beginPath();
+        g.moveTo(Math.round(x1) + 0.5, 0);
+        g.lineTo(Math.round(x1) + 0.5, height);
+        g.stroke();
+      }
+    });
+    return image;
+  }
+
+  function renderWave() {
+    const w = state.wave;
+    if (!w) return;
+    const canvas = el.waveform, dpr = window.devicePixelRatio || 1;
+    const width = Math.max(1, Math.round(canvas.clientWidth * dpr));
+    const height = Math.max(1, Math.round(canvas.clientHeight * dpr));
+    if (!w.image || w.width !== width || canvas.height !== height) {
+      canvas.width = width;
+      canvas.height = height;
+      w.image = drawEnvelope(w, width, height);
+      w.width = width;
+    }
+    const g = canvas.getContext("2d");
+    g.clearRect(0, 0, width, height);
+    g.drawImage(w.image, 0, 0);
+    const x = Math.min(1, el.player.currentTime / (w.duration || 1)) * width;
+    g.fillStyle = "rgba(255, 255, 255, 0.35)";
+    g.fillRect(x, 0, width - x, height);   // what is still to come, faded
+    g.fillStyle = cssColor("--text");
+    g.fillRect(Math.round(x), 0, Math.max(1, dpr), height);
+  }
+
+  // One animation loop while the audio plays; a paused or seeked player is drawn once.
+  function tick() {
+    cancelAnimationFrame(state.frame);
+    highlight();
+    renderWave();
+    state.frame = !el.player.paused && !el.player.ended ? requestAnimationFrame(tick) : null;
+  }
+
+  function startTicking() {
+    if (state.frame === null) state.frame = requestAnimationFrame(tick);
+  }
+
   // ---------------------------------------------------------------- streaming playback (Web Audio)
 
   // How far ahead of "now" the first chunk (and any chunk after a stall) is scheduled: enough for the audio
@@ -646,6 +801,7 @@
     el.download.hidden = false;
     showResult(blob, response, { ...request, format: "wav" }, performance.now() - started,
       { seconds: live.samples / live.rate, rate: live.rate, label: "PCM → WAV" });
+    showWaveform(blob, null);
     el.result.dataset.samples = String(live.samples);
     el.result.dataset.gaps = String(live.gaps);
   }
@@ -680,7 +836,10 @@
       format: selected("format") || "wav",
     };
     stopLive();
+    clearReadAlong();
+    clearWaveform();
     const streaming = el.stream.checked;
+    const timed = !streaming && el.timestamps.checked;
     const voice = state.voices.get(el.voice.value);
     setBusy(true);
     setStatus("正在合成… Synthesizing…");
@@ -694,16 +853,31 @@
         el.player.hidden = false;
         el.download.hidden = false;
         delete el.result.dataset.playback;
-        const response = await call("/v1/synthesize", "audio/*, application/json", request);
-        const blob = await response.blob();
-        showResult(blob, response, request, performance.now() - started);
+        if (timed) {
+          // JSON: the audio (base64) and its timings.
+          const response = await call("/v1/synthesize", "application/json", { ...request, timestamps: true });
+          const doc = await response.json();
+          const bytes = Uint8Array.from(atob(doc.audio), (c) => c.charCodeAt(0));
+          const blob = new Blob([bytes], { type: FORMAT_MIME[request.format] || "application/octet-stream" });
+          showResult(blob, response, request, performance.now() - started);
+          showReadAlong(request.text, doc);
+          showWaveform(blob, doc);
+        } else {
+          const response = await call("/v1/synthesize", "audio/*, application/json", request);
+          const blob = await response.blob();
+          showResult(blob, response, request, performance.now() - started);
+          showWaveform(blob, null);
+        }
       }
     } catch (err) {
       setStatus("");
       const info = err instanceof ApiError && err.code === "stream_interrupted"
         ? { title: "音频流中断 · The audio stream broke off",
             detail: "已收到的部分已播放。What arrived has been played. Please try again." }
-        : describe(err);
+        : err instanceof ApiError && err.param === "timestamps"
+          ? { title: "此服务器不提供时间戳 · This server gives no timestamps",
+              detail: `请关闭“逐字高亮”后重试。Turn Highlight off and try again. (${err.message})` }
+          : describe(err);
       showError(info);
       if (info.needsKey) el.apiKey.focus();
     } finally {
@@ -768,12 +942,23 @@
     for (const slider of [el.speed, el.pitch, el.volume]) slider.addEventListener("input", updateProsody);
     el.resetProsody.addEventListener("click", resetProsody);
     const streamChanged = () => {
-      // A stream is raw PCM played as it comes; the download is then a WAV built from it.
+      // A stream is raw PCM played as it comes; the download is then a WAV built from it. Timestamps come only
+      // with a whole response.
       el.formatField.disabled = el.stream.checked;
+      el.timestamps.disabled = el.stream.checked;
     };
     el.stream.addEventListener("change", streamChanged);
     streamChanged();
     el.stop.addEventListener("click", stopLive);
+    el.player.addEventListener("play", startTicking);
+    for (const name of ["pause", "seeked", "ended", "loadedmetadata"]) el.player.addEventListener(name, tick);
+    window.addEventListener("resize", renderWave);
+    el.waveform.addEventListener("click", (event) => {
+      const w = state.wave;
+      if (!w || !Number.isFinite(el.player.duration)) return;
+      const rect = el.waveform.getBoundingClientRect();
+      el.player.currentTime = ((event.clientX - rect.left) / rect.width) * el.player.duration;
+    });
     el.preview.addEventListener("click", () => {
       const voice = state.voices.get(el.voice.value);
       if (voice) {
