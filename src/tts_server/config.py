@@ -121,6 +121,10 @@ class ModelSettings(_Section):
     #: compute) in bfloat16 on CPUs with native bf16 (AVX512-BF16/AMX): about twice as fast, at roughly -35 dB
     #: deviation from fp32. Falls back to fp32, with a warning, where the CPU has no native bf16.
     vocoder_precision: Literal["fp32", "bf16"] = "fp32"
+    #: fp32 vocoder: run the residual blocks' long-kernel convolutions (kernels 7 and 11, 64+ channels) by DFT
+    #: overlap-save instead of direct convolution where that measured faster (``bench/vocoder_layers.py``): about
+    #: 1.15x faster vocoder on one core, output within 1e-5 of direct (parity with the reference unchanged, ~1e-6).
+    vocoder_fast_conv: bool = True
 
     @field_validator("model_dir", "download_dir")
     @classmethod

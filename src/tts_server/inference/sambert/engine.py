@@ -625,6 +625,9 @@ def load_sambert_engine(settings: Settings) -> SambertEngine:
     model_dir = resolve_model_dir(cfg.model_dir, cfg.model_id, cfg.download_dir)
     voices = load_voices(model_dir, cfg.voices)
     voices += load_extra_voices(settings.voices.extra, model_dir, [v.name for v in voices])
+    if not cfg.vocoder_fast_conv:
+        for voice in voices:
+            voice.vocoder.use_fast_conv(False)
     if cfg.vocoder_precision == "bf16":
         for voice in voices:
             if not voice.vocoder.use_bfloat16():

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tts_server.inference.engine import EngineLoadError
+from tts_server.inference.sambert.fastconv import BilinearConv
 from tts_server.inference.sambert.loader import load_strict
 
 
@@ -245,6 +246,14 @@ class HifiGanGenerator(nn.Module):
         self._nwc.to(torch.bfloat16)
         return True
 
+    def use_fast_conv(self, enabled: bool) -> int:
+        """Run the residual blocks' wide long-kernel convolutions by DFT overlap-save (``fast_conv_for``) or all
+        of them directly; returns how many convolutions take the fast path (0 without the causal fp32 fast
+        path)."""
+        if self._nwc is None:
+            return 0
+        return self._nwc.set_fast(enabled)
+
     def stream(self) -> VocoderStream | None:
         """A chunked vocoding session for one sentence, or None where chunks cannot equal the whole: a
         non-causal generator looks ahead (and only the causal fast path carries its state)."""
@@ -288,19 +297,57 @@ class HifiGanGenerator(nn.Module):
         return torch.tanh(x).reshape(-1)
 
 
-_ConvPlan = tuple[Tensor, Tensor | None, int, int]
+#: (weight [C_out, C_in, 1, k] channels-last, bias, dilation, causal left padding, fast algorithm or None)
+_ConvPlan = tuple[Tensor, Tensor | None, int, int, BilinearConv | None]
+
+#: Where DFT overlap-save (``BilinearConv.fourier``) beats oneDNN's direct convolution on one core, measured per
+#: layer by ``bench/vocoder_layers.py`` (AVX-512, fp32): kernel length -> (fewest channels, DFT size). Kernel 3
+#: and narrower layers stay direct (the transforms cost more than the products they save); so do short signals
+#: (below ``FAST_CONV_MIN_T`` samples, e.g. small streaming chunks), where the per-call overhead dominates.
+FAST_CONV: dict[int, tuple[int, int]] = {7: (64, 16), 11: (64, 32)}
+FAST_CONV_MIN_T = 512
+
+
+def fast_conv_for(c_in: int, c_out: int, kernel: int) -> int | None:
+    """The DFT size the engine uses for this convolution shape, or None (direct)."""
+    rule = FAST_CONV.get(kernel)
+    return rule[1] if rule is not None and min(c_in, c_out) >= rule[0] else None
 
 
 def _conv_plan(conv: Conv) -> _ConvPlan:
     c = conv.conv1d
     weight = c.weight.detach().unsqueeze(2).contiguous(memory_format=torch.channels_last)
     bias = None if c.bias is None else c.bias.detach()
-    return weight, bias, int(c.dilation[0]), conv.left
+    return weight, bias, int(c.dilation[0]), conv.left, None
+
+
+def _with_fast(plan: _ConvPlan, enabled: bool) -> _ConvPlan:
+    weight, bias, dilation, left, _ = plan
+    c_out, c_in, _, k = weight.shape
+    size = fast_conv_for(c_in, c_out, k) if enabled and weight.dtype == torch.float32 else None
+    fast = None if size is None else BilinearConv.fourier(weight[:, :, 0, :], bias, dilation, size)
+    return weight, bias, dilation, left, fast
+
+
+def _rows(x: Tensor) -> Tensor:
+    """[1, C, 1, T] -> [T, C]: a view of a channels-last signal (its memory is row-major [T, C])."""
+    return x.permute(0, 2, 3, 1).reshape(x.shape[-1], x.shape[1])
+
+
+def _valid(x: Tensor, plan: _ConvPlan) -> Tensor:
+    """Valid convolution of a [1, C, 1, left + T] channels-last signal (its first ``left`` samples are the causal
+    past) -> [1, C_out, 1, T] channels-last."""
+    weight, bias, dilation, left, fast = plan
+    if fast is not None and x.shape[-1] - left >= FAST_CONV_MIN_T:
+        return fast(_rows(x).contiguous()).t()[None, :, None, :]
+    return F.conv2d(x, weight, bias, dilation=(1, dilation))
 
 
 def _conv(x: Tensor, plan: _ConvPlan) -> Tensor:
     """Causal convolution of a [1, C, 1, T] channels-last signal: pad both sides, keep the first T outputs."""
-    weight, bias, dilation, left = plan
+    weight, bias, dilation, left, fast = plan
+    if fast is not None and x.shape[-1] >= FAST_CONV_MIN_T:
+        return fast(F.pad(_rows(x), (0, 0, left, 0))).t()[None, :, None, :]
     return F.conv2d(x, weight, bias, padding=(0, left), dilation=(1, dilation))[..., : x.shape[-1]]
 
 
@@ -320,11 +367,18 @@ class _NwcPlan:
             [(_conv_plan(c1), _conv_plan(c2)) for c1, c2 in zip(b.convs1, b.convs2, strict=True)]  # type: ignore[arg-type]
             for b in gen._blocks
         ]
+        self.set_fast(True)
+
+    def set_fast(self, enabled: bool) -> int:
+        """Give each residual-block convolution its fast algorithm (``fast_conv_for``), or none; returns the
+        count of fast ones."""
+        self.blocks = [[(_with_fast(c1, enabled), _with_fast(c2, enabled)) for c1, c2 in b] for b in self.blocks]
+        return sum((c1[4] is not None) + (c2[4] is not None) for b in self.blocks for c1, c2 in b)
 
     def to(self, dtype: torch.dtype) -> None:
         def cast(plan: _ConvPlan) -> _ConvPlan:
-            weight, bias, dilation, left = plan
-            return weight.to(dtype), None if bias is None else bias.to(dtype), dilation, left
+            weight, bias, dilation, left, _ = plan
+            return weight.to(dtype), None if bias is None else bias.to(dtype), dilation, left, None
 
         self.dtype = dtype
         self.pre = cast(self.pre)
@@ -343,7 +397,7 @@ class _NwcPlan:
             act = F.leaky_relu(x, slope)
             kernel, bias = self.up[i]
             length = act.shape[-1]
-            phases = conv(act, (kernel, bias, 1, kernel.shape[-1] - 1))
+            phases = conv(act, (kernel, bias, 1, kernel.shape[-1] - 1, None))
             # Channels-last memory of [1, scale * C, 1, T] with channels ordered (phase, channel) is exactly that
             # of [1, C, 1, T * scale]: interleaving the phases is a view.
             x = phases.permute(0, 2, 3, 1).reshape(1, 1, length * scale, -1).permute(0, 3, 1, 2)
@@ -383,7 +437,7 @@ class VocoderStream:
         return self._plan.run(mel, self._conv)
 
     def _conv(self, x: Tensor, plan: _ConvPlan) -> Tensor:
-        weight, bias, dilation, left = plan
+        left = plan[3]
         i = self._index
         self._index += 1
         if i == len(self._caches):
@@ -392,7 +446,7 @@ class VocoderStream:
         if past is not None:
             x = torch.cat([past, x], dim=-1)
             self._caches[i] = x[..., x.shape[-1] - left :].contiguous(memory_format=torch.channels_last)
-        return F.conv2d(x, weight, bias, dilation=(1, dilation))
+        return _valid(x, plan)
 
 
 def _native_bf16() -> bool:

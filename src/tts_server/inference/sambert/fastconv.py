@@ -1,0 +1,175 @@
+"""Fast 1-D convolution for the vocoder: bilinear algorithms along time (Winograd minimal filtering and DFT
+overlap-save), on each dilation's interleaved lattice.
+
+A dilated correlation ``y[t] = sum_j W_j x[t + j d]`` (``W_j``: [C_out, C_in]) splits into ``d`` undilated
+correlations, one per residue ``t mod d`` (the dilation's interleaved lattice). On each lattice, ``m`` consecutive
+outputs come from ``a = m + r - 1`` consecutive inputs with ``a`` channel-mixing products instead of ``m * r``:
+
+    Y = A^T [ (G W) (B^T X) ]      (the product is one [C_out, C_in] matrix per transform row)
+
+derived here from Toom-Cook linear convolution by evaluation at ``a - 1`` finite points and infinity: for the linear
+convolution ``s = g * h`` (``g``: r taps, ``h``: m samples), ``s = V^-1 [(E_r g) . (E_m h)]`` with ``E_n`` the
+``a x n`` evaluation matrix and ``V = E_a``. The correlation of ``x`` with ``g`` is the transpose of ``h -> g * h``,
+so ``B^T = V^-T``, ``G = E_r`` and ``A^T = E_m^T``. Each row ``k`` of ``B^T`` is scaled to max abs 1 and the scale
+moved into row ``k`` of ``G`` (the weights, transformed once in float64). Points near 0 and 1 in magnitude keep the
+transforms well conditioned in float32 for small tiles; larger tiles lose accuracy fast (F(4, 7) already errs
+by about 5e-5 on unit-scale inputs).
+
+``fourier_matrices`` gives the same kind of algorithm from a real DFT of size ``n`` (overlap-save): orthogonal, so
+accurate at any tile size, with complex products per bin, which Gauss's three-multiplication trick turns into
+``3 n / 2 - 1`` real products per ``n - r + 1`` outputs.
+
+``BilinearConv`` runs any of them on channels-last [T, C] signals: the tiles of every lattice are unfolded and
+transformed by one GEMM, each transform row's [C_in, C_out] product is one batch of a ``bmm``, and the output
+transform is one more GEMM; all in blocks of tiles small enough to stay in the core's cache.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import torch
+from torch import Tensor
+
+#: Finite evaluation points, in the order they are taken (the first ``a - 1`` for ``a`` products; the last point of
+#: every set is infinity, added by ``winograd_matrices``): small integers and simple fractions near 1 in magnitude.
+POINTS: tuple[Fraction, ...] = (
+    Fraction(0), Fraction(1), Fraction(-1), Fraction(1, 2), Fraction(-1, 2), Fraction(2), Fraction(-2),
+    Fraction(3, 2), Fraction(-3, 2), Fraction(2, 3), Fraction(-2, 3), Fraction(1, 4), Fraction(-1, 4),
+    Fraction(3, 4), Fraction(-3, 4), Fraction(4), Fraction(-4),
+)
+
+
+def _evaluation(points: tuple[Fraction, ...], n: int) -> list[list[Fraction]]:
+    """Rows ``[1, p, ..., p^(n-1)]`` per finite point, then ``[0, ..., 0, 1]`` (the leading coefficient)."""
+    rows = [[p**i for i in range(n)] for p in points]
+    rows.append([Fraction(0)] * (n - 1) + [Fraction(1)])
+    return rows
+
+
+def _inverse(a: list[list[Fraction]]) -> list[list[Fraction]]:
+    """Exact Gauss-Jordan inverse of a square matrix of fractions."""
+    n = len(a)
+    work = [row[:] + [Fraction(int(i == j)) for j in range(n)] for i, row in enumerate(a)]
+    for col in range(n):
+        pivot = next(r for r in range(col, n) if work[r][col] != 0)
+        work[col], work[pivot] = work[pivot], work[col]
+        inv = 1 / work[col][col]
+        work[col] = [v * inv for v in work[col]]
+        for r in range(n):
+            if r != col and work[r][col] != 0:
+                f = work[r][col]
+                work[r] = [v - f * p for v, p in zip(work[r], work[col], strict=True)]
+    return [row[n:] for row in work]
+
+
+def winograd_matrices(m: int, r: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``(A^T [m, a], G [a, r], B^T [a, a])`` in float64 for F(m, r), ``a = m + r - 1``: for any ``x`` of length
+    ``a`` and ``g`` of length ``r``, ``A^T ((G g) * (B^T x))[i] == sum_j g[j] x[i + j]``."""
+    a = m + r - 1
+    if a - 1 > len(POINTS):
+        raise ValueError(f"no evaluation points for F({m}, {r})")
+    points = POINTS[: a - 1]
+    v_inv = _inverse(_evaluation(points, a))
+    bt = [[v_inv[i][k] for i in range(a)] for k in range(a)]  # V^-T
+    g = _evaluation(points, r)
+    at = [[row[i] for row in _evaluation(points, m)] for i in range(m)]  # E_m^T
+    for k in range(a):
+        scale = max(abs(v) for v in bt[k])
+        bt[k] = [v / scale for v in bt[k]]
+        g[k] = [v * scale for v in g[k]]
+
+    def tensor(rows: list[list[Fraction]]) -> Tensor:
+        return torch.tensor([[float(v) for v in row] for row in rows], dtype=torch.float64)
+
+    return tensor(at), tensor(g), tensor(bt)
+
+
+def fourier_matrices(n: int, r: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``(A^T [m, p], G [p, r], B^T [p, n])`` in float64 for overlap-save correlation by a real DFT of size ``n``
+    (even, at least ``r``): ``m = n - r + 1`` outputs per tile of ``n`` inputs, ``p = 3 n / 2 - 1`` products.
+
+    Circular correlation is ``Y = X conj(G)`` per bin ``k`` (``X``, ``G``: DFTs of the tile and of the kernel),
+    and its first ``m`` outputs are the linear ones. With ``X = Xr + i Xi``, ``conj(G) = Gr + i Gs``: bins 0 and
+    ``n / 2`` are real (``Yr = Xr Gr``); the others take ``P1 = Xr Gr``, ``P2 = Xi Gs``,
+    ``P3 = (Xr + Xi)(Gr + Gs)``, ``Yr = P1 - P2``, ``Yi = P3 - P1 - P2``, and the inverse real DFT
+    ``y_i = sum_k w_k (Yr_k cos - Yi_k sin)(2 pi k i / n) / n`` (``w_k`` = 1 at bins 0 and ``n / 2``, else 2)
+    folds those sums into ``A^T``.
+    """
+    if n % 2 or n < r:
+        raise ValueError(f"DFT size {n} must be even and at least the kernel length {r}")
+    h, m = n // 2, n - r + 1
+    k = torch.arange(h + 1, dtype=torch.float64)[:, None]
+    theta = 2 * torch.pi * k * torch.arange(n, dtype=torch.float64)[None, :] / n  # [h + 1, n]
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    mid = slice(1, h)
+    bt = torch.cat([cos, -sin[mid], cos[mid] - sin[mid]])
+    g = torch.cat([cos[:, :r], sin[mid, :r], cos[mid, :r] + sin[mid, :r]])
+    phi_cos, phi_sin = cos[:, :m].t(), sin[:, :m].t()  # [m, h + 1]: the angle 2 pi k i / n for output i
+    at = torch.cat([
+        torch.cat([phi_cos[:, :1], 2 * (phi_cos[:, mid] + phi_sin[:, mid]), phi_cos[:, h:]], dim=1),
+        2 * (phi_sin[:, mid] - phi_cos[:, mid]),
+        -2 * phi_sin[:, mid],
+    ], dim=1) / n
+    return at, g, bt
+
+
+class BilinearConv:
+    """A valid dilated correlation with weight ``[C_out, C_in, r]`` on ``[T + (r - 1) d, C_in]`` row-major inputs
+    (channels-last, time-major), giving ``[T, C_out]``, by ``Y = A^T [(G W) (B^T X)]`` per tile of ``m``
+    outputs on each of the ``d`` lattices. ``name`` says which algorithm (for tables and logs)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, dilation: int,
+                 matrices: tuple[Tensor, Tensor, Tensor], name: str) -> None:
+        at, g, bt = matrices
+        c_out, c_in, r = weight.shape
+        if g.shape[1] != r:
+            raise ValueError(f"{name}: matrices for {g.shape[1]} taps, kernel has {r}")
+        self.name = name
+        self.m, self.p, self.window = at.shape[0], bt.shape[0], bt.shape[1]
+        self.r, self.dilation, self.c_in, self.c_out = r, dilation, c_in, c_out
+        dtype = weight.dtype
+        # U[k] = sum_j G[k, j] W_j^T: [p, C_in, C_out]
+        self.u = torch.einsum("kj,oij->kio", g, weight.detach().double()).to(dtype).contiguous()
+        self.at = at.to(dtype)
+        self.bt = bt.to(dtype)
+        self.bias = None if bias is None else bias.detach().to(dtype)
+
+    @classmethod
+    def winograd(cls, weight: Tensor, bias: Tensor | None, dilation: int, m: int) -> BilinearConv:
+        r = weight.shape[-1]
+        return cls(weight, bias, dilation, winograd_matrices(m, r), f"F({m},{r})")
+
+    @classmethod
+    def fourier(cls, weight: Tensor, bias: Tensor | None, dilation: int, n: int) -> BilinearConv:
+        return cls(weight, bias, dilation, fourier_matrices(n, weight.shape[-1]), f"DFT{n}")
+
+    def __call__(self, xp: Tensor, chunk_bytes: int = 1 << 19) -> Tensor:
+        """``xp`` [T + (r - 1) d, C_in] (contiguous) -> [T, C_out], in blocks of output tiles whose transformed
+        inputs take about ``chunk_bytes``."""
+        m, d, c = self.m, self.dilation, self.c_in
+        t = xp.shape[0] - (self.r - 1) * d
+        n = -(-t // (m * d))  # output tiles per lattice
+        need = ((n - 1) * m + self.window) * d
+        if need > xp.shape[0]:
+            xp = torch.cat([xp, xp.new_zeros(need - xp.shape[0], c)])
+        out = xp.new_empty(n * m * d, self.c_out)
+        block = max(1, chunk_bytes // (self.p * d * max(c, self.c_out) * xp.element_size()))
+        for n0 in range(0, n, block):
+            nb = min(block, n - n0)
+            self._block(xp, n0, nb, out[n0 * m * d : (n0 + nb) * m * d])
+        return out[:t]
+
+    def _block(self, xp: Tensor, n0: int, n: int, out: Tensor) -> None:
+        m, w, d, c = self.m, self.window, self.dilation, self.c_in
+        # tiles[i, res, tile, :] = xp[((n0 + tile) * m + i) * d + res]: unfolded to [window, d * n * C] (a copy)
+        # and transformed by one GEMM.
+        tiles = xp.as_strided((w, d, n, c), (d * c, c, m * d * c, 1), n0 * m * d * c)
+        v = torch.mm(self.bt, tiles.reshape(w, d * n * c))
+        prod = torch.bmm(v.view(self.p, d * n, c), self.u)  # [p, d * n, C_out]
+        # Output row (tile, j, res) is time ((n0 + tile) * m + j) * d + res.
+        y = torch.mm(self.at, prod.view(self.p, -1)).view(m, d, n, self.c_out).permute(2, 0, 1, 3)
+        if self.bias is not None:
+            torch.add(y.reshape(out.shape), self.bias, out=out)
+        else:
+            out.copy_(y.reshape(out.shape))

@@ -1,0 +1,137 @@
+"""Fast convolution for the vocoder (issue 12, item 1): Winograd and DFT overlap-save bilinear algorithms, and the
+vocoder's use of them (whole sentence and chunked streaming) against direct convolution."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tts_server.inference.sambert.fastconv import BilinearConv, fourier_matrices, winograd_matrices
+from tts_server.inference.sambert.vocoder import (
+    FAST_CONV_MIN_T,
+    HifiGanConfig,
+    HifiGanGenerator,
+    fast_conv_for,
+)
+
+#: The full-size vocoder (the parity model and the published voices): 256 channels halved per upsampling stage.
+FULL_CHANNELS = (128, 64, 32, 16)
+FULL_KERNELS = (3, 7, 11)
+FULL_DILATIONS = (1, 3, 5, 7)
+
+
+def _correlate(x: torch.Tensor, g: torch.Tensor, m: int) -> torch.Tensor:
+    return torch.stack([(x[i : i + g.shape[0]] * g).sum() for i in range(m)])
+
+
+@pytest.mark.parametrize(("m", "r"), [(2, 3), (4, 3), (6, 3), (2, 7), (4, 7), (6, 7), (2, 11)])
+def test_winograd_matrices_compute_the_correlation(m: int, r: int) -> None:
+    at, g, bt = winograd_matrices(m, r)
+    assert at.shape == (m, m + r - 1)
+    assert g.shape == (m + r - 1, r)
+    assert bt.shape == (m + r - 1, m + r - 1)
+    gen = torch.Generator().manual_seed(m * 100 + r)
+    for _ in range(3):
+        x = torch.randn(m + r - 1, dtype=torch.float64, generator=gen)
+        w = torch.randn(r, dtype=torch.float64, generator=gen)
+        torch.testing.assert_close(at @ ((g @ w) * (bt @ x)), _correlate(x, w, m), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize(("n", "r"), [(16, 3), (16, 7), (32, 7), (32, 11), (64, 11)])
+def test_fourier_matrices_compute_the_correlation(n: int, r: int) -> None:
+    at, g, bt = fourier_matrices(n, r)
+    m, p = n - r + 1, 3 * n // 2 - 1
+    assert at.shape == (m, p)
+    assert g.shape == (p, r)
+    assert bt.shape == (p, n)
+    gen = torch.Generator().manual_seed(n * 100 + r)
+    for _ in range(3):
+        x = torch.randn(n, dtype=torch.float64, generator=gen)
+        w = torch.randn(r, dtype=torch.float64, generator=gen)
+        torch.testing.assert_close(at @ ((g @ w) * (bt @ x)), _correlate(x, w, m), rtol=0, atol=1e-9)
+
+
+def test_fourier_rejects_a_size_below_the_kernel() -> None:
+    with pytest.raises(ValueError, match="DFT size"):
+        fourier_matrices(8, 11)
+    with pytest.raises(ValueError, match="DFT size"):
+        fourier_matrices(15, 3)
+
+
+def _direct(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dilation: int) -> torch.Tensor:
+    return F.conv1d(rows.t()[None], weight, bias, dilation=dilation)[0].t()
+
+
+def _used_shapes() -> list[tuple[int, int, int, int]]:
+    shapes = [(c, k, d, size) for c in FULL_CHANNELS for k in FULL_KERNELS for d in FULL_DILATIONS
+              if (size := fast_conv_for(c, c, k)) is not None]
+    return shapes
+
+
+def test_the_full_size_vocoder_uses_fast_convolutions() -> None:
+    assert len(_used_shapes()) >= 8
+
+
+@pytest.mark.parametrize(("channels", "kernel", "dilation", "size"), _used_shapes())
+def test_fast_conv_equals_direct_for_every_used_shape(channels: int, kernel: int, dilation: int, size: int) -> None:
+    torch.manual_seed(channels * 1000 + kernel * 10 + dilation)
+    conv = torch.nn.Conv1d(channels, channels, kernel, dilation=dilation)  # the modules' default initialisation
+    weight, bias = conv.weight.detach(), conv.bias.detach()
+    fast = BilinearConv.fourier(weight, bias, dilation, size)
+    for t in (FAST_CONV_MIN_T, 1337):
+        rows = torch.randn(t + (kernel - 1) * dilation, channels)
+        out = fast(rows)
+        assert out.shape == (t, channels)
+        assert float((out - _direct(rows, weight, bias, dilation)).abs().max()) <= 1e-5
+        # Blocks of a few tiles (one tile: the smallest) give the same result.
+        torch.testing.assert_close(fast(rows, chunk_bytes=1), out, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("m", "kernel", "dilation"), [(4, 3, 1), (4, 3, 5), (2, 7, 3)])
+def test_winograd_conv_equals_direct(m: int, kernel: int, dilation: int) -> None:
+    torch.manual_seed(m + kernel + dilation)
+    conv = torch.nn.Conv1d(32, 24, kernel, dilation=dilation)
+    weight, bias = conv.weight.detach(), conv.bias.detach()
+    rows = torch.randn(301 + (kernel - 1) * dilation, 32)
+    out = BilinearConv.winograd(weight, bias, dilation, m)(rows)
+    assert out.shape == (301, 24)
+    assert float((out - _direct(rows, weight, bias, dilation)).abs().max()) <= 1e-5
+
+
+def _generator() -> HifiGanGenerator:
+    """A causal generator with the full-size model's widths where the fast path applies (64 channels after the
+    first upsampling, kernels 3, 7 and 11), random weights."""
+    cfg = HifiGanConfig(in_channels=20, out_channels=1, channels=128, kernel_size=7, upsample_scales=(4, 2),
+                        upsample_kernel_sizes=(8, 4), resblock_kernel_sizes=(3, 7, 11),
+                        resblock_dilations=((1, 3), (1, 5), (3, 7)), repeat_upsample=True, bias=True, causal=True,
+                        negative_slope=0.1, use_weight_norm=False)
+    torch.manual_seed(7)
+    gen = HifiGanGenerator(cfg).eval()
+    gen.prepare()
+    return gen
+
+
+def test_generator_fast_path_equals_direct_whole_and_streamed() -> None:
+    gen = _generator()
+    mel = torch.randn(300, 20)
+    with torch.inference_mode():
+        assert gen.use_fast_conv(False) == 0
+        direct = gen(mel)
+        # Stage 1 (64 channels): kernels 7 and 11, two convolutions each per dilation.
+        assert gen.use_fast_conv(True) == 8
+        fast = gen(mel)
+        assert float((fast - direct).abs().max()) <= 1e-5
+        # Chunks below and above FAST_CONV_MIN_T samples at the fast stage (T = 4 * frames): a mix of direct and
+        # fast convolutions sharing the carried causal state.
+        stream = gen.stream()
+        assert stream is not None
+        pieces = [stream.push(mel[a:b]) for a, b in ((0, 7), (7, 200), (200, 213), (213, 300))]
+        assert float((torch.cat(pieces) - direct).abs().max()) <= 1e-5
+
+
+def test_bf16_drops_the_fast_path() -> None:
+    gen = _generator()
+    assert gen._nwc is not None
+    gen._nwc.to(torch.bfloat16)
+    assert all(c1[4] is None and c2[4] is None for block in gen._nwc.blocks for c1, c2 in block)
