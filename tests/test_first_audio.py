@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import torch
 
 from tests.tinymodel import build_tiny_model_dir
 from tts_server.config import load_settings
@@ -75,3 +76,19 @@ def test_first_chunk_makes_only_the_first_sentence(engine: SambertEngine, monkey
     assert len(made) == 20
     assert sum(p.stage_seconds.get("frontend", 0.0) for p in rest) > 0  # later sentences' share is counted too
 
+
+
+def test_chunks_double_up_to_the_chunk_size(engine: SambertEngine) -> None:
+    # Small first, then each twice the one before (ready before the audio already sent has played), then steady.
+    voice = engine._voices["zhitian_emo"]
+    text = "今天天气很好我们一起去公园散步吧晚上回家再一起吃饭然后早点休息"
+    sentence = next(iter(engine._sentences(voice, text, "neutral", "text")))
+    ids = voice.unit.encode_tokens(sentence.tokens)
+    with torch.inference_mode():
+        stream = voice.acoustic_stream(ids)
+        sizes = [int(mel.shape[0]) for mel in stream.chunks(2, 16)]
+    assert sum(sizes) == stream.num_frames
+    targets = [2, 4, 8, 16, 16, 16, 16, 16, 16, 16, 16, 16]
+    assert len(sizes) >= 6
+    for size, target in zip(sizes[:-1], targets, strict=False):
+        assert target <= size <= target + stream.r - 1

@@ -190,8 +190,9 @@ class EngineSettings(_Section):
     #: Streaming requests get audio in chunks of about this many mel frames (12.5 ms each at 16 kHz, hop 200) as
     #: the decoder makes them; 0 streams whole sentences instead.
     stream_chunk_frames: int = Field(32, ge=0, le=10000)
-    #: The first chunk of each sentence is smaller, so that its audio starts sooner.
-    stream_first_chunk_frames: int = Field(8, ge=1, le=10000)
+    #: The first chunk of each sentence is smaller, so that its audio starts sooner; each next chunk is twice the
+    #: one before, up to ``stream_chunk_frames``, so that it is ready before the audio sent so far has played.
+    stream_first_chunk_frames: int = Field(4, ge=1, le=10000)
 
 
 class AuthSettings(_Section):

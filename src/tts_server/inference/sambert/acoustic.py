@@ -541,8 +541,9 @@ class AcousticStream:
 
     def chunks(self, first_frames: int, frames: int) -> Iterator[Tensor]:
         """Postnet mel [n, num_mels] in order: the first chunk as soon as ``first_frames`` frames are final, then
-        chunks of at least ``frames`` (a chunk can be up to ``r - 1`` frames larger: the decoder makes ``r`` per
-        step), the rest at the end. Closing the iterator stops the decoder."""
+        chunks twice as large as the one before up to ``frames`` (so that each is made before the audio already
+        sent has played), then chunks of at least ``frames`` (a chunk can be up to ``r - 1`` frames larger: the
+        decoder makes ``r`` per step), the rest at the end. Closing the iterator stops the decoder."""
         ad = self._adapted
         total = ad.num_frames
         if total == 0:
@@ -560,7 +561,7 @@ class AcousticStream:
                 out = post.push(self._mel(pending, decoded - pushed), final=False)
                 pending, pushed = [], decoded
                 sent += out.shape[0]
-                target = max(1, frames)
+                target = min(max(1, frames), 2 * target)
                 yield out
         out = post.push(self._mel(pending, decoded - pushed), final=True)
         if out.shape[0]:
