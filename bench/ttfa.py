@@ -4,12 +4,14 @@
                                    [--modes frame sentence] [--out bench/results/ttfa.json]
 
 For each mode a real ``tts-server serve`` subprocess (1 worker, 1 torch thread, the Sambert engine on the parity
-model in shared/reference/sambert-parity, full size with random weights) is started on 127.0.0.1:
+model in shared/reference/sambert-parity, full size with random weights) is started on 127.0.0.1; both run at once,
+and the requests go round-robin over all cells, one at a time, so that load drifting on a shared machine during the
+run weighs on every cell alike:
 
-- ``frame``: the default settings (``[engine] stream_chunk_frames`` 32, first chunk ``stream_first_chunk_frames`` 8);
+- ``frame``: the default settings (``[engine] stream_chunk_frames`` 32, first chunk ``stream_first_chunk_frames`` 4);
 - ``sentence``: ``stream_chunk_frames = 0``, i.e. every sentence is sent whole, as before frame streaming.
 
-Per input length (10 and 300 Chinese characters), ``--repeats`` measured requests after ``--warmup`` untimed ones:
+Per input length (10 and 300 Chinese characters), ``--repeats`` measured rounds after ``--warmup`` untimed ones:
 
 - ``http``: ``POST /v1/synthesize`` with ``stream: true`` (pcm) through an httpx streaming client, a fresh
   connection per request; TTFA = request sent -> first audio byte received.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 import os
@@ -124,16 +127,29 @@ async def ws_ttfa(url: str, text: str) -> float:
         return ttfa
 
 
-async def measure(url: str, transport: str, text: str, repeats: int, warmup: int) -> list[float]:
-    probe = http_ttfa if transport == "http" else ws_ttfa
-    samples: list[float] = []
-    async with httpx.AsyncClient(base_url=url, timeout=10.0) as health:
-        for i in range(warmup + repeats):
-            await wait_idle(health)
-            ttfa = await probe(url, text)
-            if i >= warmup:
-                samples.append(ttfa)
-        await wait_idle(health)
+Cell = tuple[str, str, int]  # (mode, transport, chars)
+
+
+async def measure(urls: dict[str, str], cells: list[Cell], repeats: int, warmup: int) -> dict[Cell, list[float]]:
+    """Round-robin: every round sends one request per cell (its server idle first), so that a machine whose
+    load drifts during the run weighs on every cell alike instead of on whichever ran last."""
+    samples: dict[Cell, list[float]] = {cell: [] for cell in cells}
+    clients = {mode: httpx.AsyncClient(base_url=url, timeout=10.0) for mode, url in urls.items()}
+    try:
+        for round_ in range(warmup + repeats):
+            for mode, transport, chars in cells:
+                await wait_idle(clients[mode])
+                probe = http_ttfa if transport == "http" else ws_ttfa
+                ttfa = await probe(urls[mode], text_of(chars))
+                if round_ >= warmup:
+                    samples[(mode, transport, chars)].append(ttfa)
+            if round_ >= warmup:
+                log(f"round {round_ - warmup + 1}/{repeats} done")
+        for client in clients.values():
+            await wait_idle(client)
+    finally:
+        for client in clients.values():
+            await client.aclose()
     return samples
 
 
@@ -153,16 +169,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model": str(PARITY_MODEL), "workers": 1, "torch_threads": args.threads, "repeats": args.repeats,
         "warmup": args.warmup, "texts": {str(n): text_of(n) for n in args.lengths}, "rows": [],
     }
-    for mode in args.modes:
-        log(f"starting a server ({mode} streaming)")
-        with tts_server(engine_choice(mode, args.threads), workers=1, startup_timeout_s=300) as server:
-            for transport in args.transports:
-                for chars in args.lengths:
-                    samples = asyncio.run(measure(server.url, transport, text_of(chars), args.repeats, args.warmup))
-                    row = {"mode": mode, "transport": transport, "chars": chars, **stats_ms(samples),
-                           "samples_ms": [round(s * 1000, 1) for s in samples]}
-                    log(f"{mode:8} {transport:4} {chars:4} chars: p50 {row['p50']} ms, p90 {row['p90']} ms")
-                    result["rows"].append(row)
+    cells = [(mode, transport, chars) for mode in args.modes for transport in args.transports
+             for chars in args.lengths]
+    with contextlib.ExitStack() as stack:
+        urls = {}
+        for mode in args.modes:
+            log(f"starting a server ({mode} streaming)")
+            urls[mode] = stack.enter_context(tts_server(engine_choice(mode, args.threads), workers=1,
+                                                        startup_timeout_s=300)).url
+        samples = asyncio.run(measure(urls, cells, args.repeats, args.warmup))
+    for (mode, transport, chars), values in samples.items():
+        row = {"mode": mode, "transport": transport, "chars": chars, **stats_ms(values),
+               "samples_ms": [round(v * 1000, 1) for v in values]}
+        log(f"{mode:8} {transport:4} {chars:4} chars: p50 {row['p50']} ms, p90 {row['p90']} ms")
+        result["rows"].append(row)
     result["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return result
 
