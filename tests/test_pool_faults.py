@@ -220,6 +220,29 @@ async def test_queue_size_zero_admits_the_next_job_once_the_worker_is_done(
         await pool.close()
 
 
+async def test_queue_size_zero_admits_jobs_while_an_idle_worker_answers_a_ping(
+        make_settings: Callable[..., Settings]) -> None:
+    """queue_size = 0 with an idle worker: a job that arrives while the worker's heartbeat ping is unanswered waits
+    for the pong instead of being refused (the worker is idle, not busy). Heartbeats every 10 ms make that window
+    a good part of the time."""
+    pool = WorkerPool(make_settings(pool={"workers": 1, "queue_size": 0, "heartbeat_interval_s": 0.01}))
+    await pool.start()
+    try:
+        assert await pool.wait_ready(60)
+        refused = 0
+        for i in range(60):
+            await asyncio.sleep(0.003 * (i % 7))  # arrive at every phase of the heartbeat
+            try:
+                handle = pool.submit(text=f"{i}。", voice="alpha", emotion="neutral", speed=1.0, request_id=f"p{i}")
+            except Overloaded:
+                refused += 1
+                continue
+            await handle.result()
+        assert refused == 0
+    finally:
+        await pool.close()
+
+
 async def test_cancelled_queued_job_never_runs(make_settings: Callable[..., Settings], engine_log: Path) -> None:
     pool = WorkerPool(make_settings(pool={"workers": 1}))
     await pool.start()

@@ -267,10 +267,11 @@ class _AdmissionQueue:
                 return True
         return False
 
-    def offer(self, handle: JobHandle) -> bool:
+    def offer(self, handle: JobHandle, spare: int = 0) -> bool:
+        """Hand ``handle`` to a waiting dispatcher or queue it; False when ``capacity`` + ``spare`` jobs wait."""
         if self._hand_off(handle):
             return True
-        if len(self._items) >= self.capacity:
+        if len(self._items) >= self.capacity + spare:
             return False
         self._items.append(handle)
         return True
@@ -336,6 +337,8 @@ class _Slot:
         #: When the worker last sent anything, and when the ping it has not answered yet went out.
         self.last_seen = 0.0
         self.ping_sent_at: float | None = None
+        #: Idle but not taking jobs until it answers its ping: it will take one then (see ``WorkerPool.submit``).
+        self.idle_unclaimed = False
 
     @property
     def state(self) -> WorkerState:
@@ -504,7 +507,9 @@ class WorkerPool:
         )
         loop = asyncio.get_running_loop()
         handle = JobHandle(job, loop)
-        if not self._queue.offer(handle):
+        # An idle worker that is only waiting for its pong takes a job right after it: room for one more each (with
+        # queue_size = 0 a job arriving during a heartbeat would otherwise be refused by an idle pool).
+        if not self._queue.offer(handle, spare=sum(slot.idle_unclaimed for slot in self._slots)):
             raise Overloaded(self.retry_after())
         self._inflight.add(handle)
         self._idle.clear()
@@ -698,6 +703,7 @@ class WorkerPool:
                     return "timeout"
                 if slot.ping_sent_at is not None and take is not None and not take.done():
                     # A job must not go to a worker that has not answered its latest ping.
+                    slot.idle_unclaimed = True
                     take.cancel()
                     # Not ``await take`` under suppress(CancelledError): that would also swallow a cancellation
                     # of this task (close()), and the slot would go on serving for ever.
@@ -707,6 +713,7 @@ class WorkerPool:
                     take = None
                 if take is None and slot.ping_sent_at is None:
                     take = self._queue.getter()
+                slot.idle_unclaimed = take is None
                 get = asyncio.ensure_future(slot.inbox.get())
                 waiting: set[asyncio.Future[object]] = {get} if take is None else {get, take}  # type: ignore[arg-type]
                 try:
@@ -728,6 +735,7 @@ class WorkerPool:
                     take = None
                     return handle
         finally:
+            slot.idle_unclaimed = False
             if take is not None:
                 if take.done() and not take.cancelled():
                     self._queue.push_front(take.result())
