@@ -1,7 +1,7 @@
 """Benchmark of the native Sambert-HifiGan engine on the parity models (full-size, random weights).
 
     .venv/bin/python bench/engine.py [--model-dir DIR] [--personal-dir DIR | --no-personal] [--case long_fear_breaks]
-                                     [--threads 1 2] [--repeats 5] [--text "中文文本"]
+                                     [--threads 1 2] [--repeats 5] [--text "中文文本"] [--no-layers]
 
 Prints, per thread count, the real-time factor (synthesis seconds / audio seconds) and the time per stage:
 frontend (text or symbols -> id streams), encoder+adaptor, AR decoder, postnet, vocoder; and the peak RSS.
@@ -9,6 +9,13 @@ Stage times are medians (or minima, --stat min) over the repeats, after one warm
 embedding + NSF vocoder, ``sambert-personal-parity``) runs the same case (its speaker field is F7) with fresh NSF
 draws each run, as an unseeded request does; a closing table puts its RTF beside zhitian_emo's (fp32 vocoders). The
 engines take turns run by run, so a busy machine's background load weighs on all of them alike.
+
+Vocoder variants (``--vocoder-precision``): ``fp32`` (the default engine: fast convolutions where they win,
+``model.vocoder_fast_conv``), ``fp32-direct`` (direct convolution everywhere, the implementation before issue 12),
+``bf16``. With both fp32 variants a closing table gives the ratio direct / fast for the vocoder and the whole
+synthesis, and both RTFs, per thread count. First (unless ``--no-layers``) the per-layer table of
+``bench/vocoder_layers.py``: every distinct convolution shape of the vocoder on the case, direct against each fast
+candidate, 1 thread, with the errors against direct.
 """
 
 from __future__ import annotations
@@ -23,6 +30,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from vocoder_layers import layer_table, record_layers
 
 from tts_server.inference.sambert.engine import SambertEngine, SambertVoice
 
@@ -68,7 +78,8 @@ def _load(model_dir: Path, threads: int, precision: str) -> SambertEngine:
 
     t0 = time.perf_counter()
     engine = load_sambert_engine(load_settings(model={
-        "model_dir": str(model_dir), "torch_threads": threads, "vocoder_precision": precision,
+        "model_dir": str(model_dir), "torch_threads": threads, "vocoder_precision": precision.removesuffix("-direct"),
+        "vocoder_fast_conv": not precision.endswith("-direct"),
     }))
     print(f"loaded {model_dir} (vocoder {precision}) in {time.perf_counter() - t0:.2f} s")
     return engine
@@ -82,12 +93,34 @@ def run(model_dir: Path, symbols: str, text: str | None, threads: list[int], rep
         # Non-causal NSF vocoder: vocoder_precision bf16 does not apply to it.
         subjects.append(Subject(_load(personal[0], threads[0], "fp32"), personal[1], "fp32"))
     summary: Summary = {}
-    measure(subjects, None, threads, repeats, stat, summary)
-    measure(subjects, text if text is not None else DEFAULT_TEXT, threads, repeats, stat, summary)
+    ratios: Ratios = {}
+    measure(subjects, None, threads, repeats, stat, summary, ratios)
+    measure(subjects, text if text is not None else DEFAULT_TEXT, threads, repeats, stat, summary, ratios)
+    _print_ratios(ratios, stat, repeats)
     if personal is not None:
         _print_summary(summary, stat, repeats)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS: {rss_mb:.0f} MiB")
+
+
+#: (input kind, threads) -> {variant: (vocoder s, total s, audio s)} for the fp32 fast vs direct comparison.
+Ratios = dict[tuple[str, int], dict[str, tuple[float, float, float]]]
+
+
+def _print_ratios(ratios: Ratios, stat: str, repeats: int) -> None:
+    rows = [(key, v) for key, v in ratios.items() if "fp32" in v and "fp32-direct" in v]
+    if not rows:
+        return
+    print(f"\nfp32 vocoder, fast convolutions (fp32) vs direct (fp32-direct), built-in voice; {stat} of {repeats} "
+          "interleaved runs")
+    header = (f"{'input':<8} {'threads':>7} {'vocoder direct':>15} {'vocoder fast':>13} {'ratio':>6} "
+              f"{'RTF direct':>10} {'RTF fast':>9} {'ratio':>6}")
+    print(header)
+    print("-" * len(header))
+    for (source, n), v in rows:
+        (voc_f, tot_f, audio), (voc_d, tot_d, _) = v["fp32"], v["fp32-direct"]
+        print(f"{source:<8} {n:>7} {voc_d * 1e3:>12.1f} ms {voc_f * 1e3:>10.1f} ms {voc_d / voc_f:>6.2f} "
+              f"{tot_d / audio:>10.3f} {tot_f / audio:>9.3f} {tot_d / tot_f:>6.2f}")
 
 
 def _print_summary(summary: Summary, stat: str, repeats: int) -> None:
@@ -115,7 +148,9 @@ def _once(subject: Subject, text: str | None) -> tuple[dict[str, float], float, 
     source = text if text is not None else subject.symbols
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    sentences = engine._sentences(voice, source, _emotion(subject, text), "text" if text is not None else "symbols")
+    # Text sentences come as an iterator (made when reached); the frontend's share is timed here all the same.
+    sentences = list(engine._sentences(voice, source, _emotion(subject, text),
+                                       "text" if text is not None else "symbols"))
     encoded = [voice.unit.encode_tokens(s.tokens) for s in sentences]
     timings["frontend"] = time.perf_counter() - start
     samples_out = 0
@@ -130,7 +165,7 @@ def _once(subject: Subject, text: str | None) -> tuple[dict[str, float], float, 
 
 
 def measure(subjects: list[Subject], text: str | None, threads: list[int], repeats: int, stat: str,
-            summary: Summary) -> None:
+            summary: Summary, ratios: Ratios | None = None) -> None:
     """Time every subject at each thread count. The subjects take turns run by run, so that on a shared machine
     they see the same background load and their RTFs compare."""
     rows: dict[int, list[tuple[int, float, dict[str, float]]]] = {i: [] for i in range(len(subjects))}
@@ -153,6 +188,9 @@ def measure(subjects: list[Subject], text: str | None, threads: list[int], repea
         for k, subject in enumerate(subjects):
             med = {key: pick(v) for key, v in samples[k].items()}
             rows[k].append((n, audio_s[k], med))
+            if ratios is not None and subject.kind == "built-in":
+                ratios.setdefault(("text" if text is not None else "symbols", n), {})[subject.precision] = (
+                    med["vocoder"], med["total"], audio_s[k])
             if subject.precision == "fp32":
                 summary[(subject.voice.name, subject.kind, "text" if text is not None else "symbols", n)] = (
                     med["total"] / audio_s[k])
@@ -186,8 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         default="median",
         help="per-stage statistic over the repeats (min is the better estimate on a shared, busy machine)",
     )
-    parser.add_argument("--vocoder-precision", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"],
-                        help="model.vocoder_precision values to measure side by side")
+    parser.add_argument("--vocoder-precision", nargs="+", choices=("fp32", "fp32-direct", "bf16"),
+                        default=["fp32", "fp32-direct", "bf16"],
+                        help="vocoder variants to measure side by side (fp32-direct: model.vocoder_fast_conv off)")
+    parser.add_argument("--no-layers", action="store_true", help="skip the per-layer convolution table")
     args = parser.parse_args(argv)
     if not args.model_dir.is_dir():
         print(f"model directory {args.model_dir} not found", file=sys.stderr)
@@ -199,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         personal = (args.personal_dir, _case_symbols(args.case, args.personal_dir.parent))
+    if not args.no_layers:
+        print(f"per-layer vocoder convolutions, case {args.case}:")
+        torch.set_num_threads(1)
+        layer_table(record_layers(args.model_dir, args.case), max(args.repeats, 5))
     run(args.model_dir, _case_symbols(args.case), args.text, args.threads, args.repeats, args.stat,
         args.vocoder_precision, personal)
     return 0

@@ -144,9 +144,15 @@ class BilinearConv:
     def fourier(cls, weight: Tensor, bias: Tensor | None, dilation: int, n: int) -> BilinearConv:
         return cls(weight, bias, dilation, fourier_matrices(n, weight.shape[-1]), f"DFT{n}")
 
-    def __call__(self, xp: Tensor, chunk_bytes: int = 1 << 19) -> Tensor:
+    #: Bytes of transformed input per block of tiles: small enough for the block's intermediates to stay in a
+    #: core's L2 cache (1-2 MiB), large enough that the per-call overhead stays small.
+    chunk_bytes = 1 << 20
+
+    def __call__(self, xp: Tensor, chunk_bytes: int | None = None) -> Tensor:
         """``xp`` [T + (r - 1) d, C_in] (contiguous) -> [T, C_out], in blocks of output tiles whose transformed
-        inputs take about ``chunk_bytes``."""
+        inputs take about ``chunk_bytes`` (default: the class's)."""
+        if chunk_bytes is None:
+            chunk_bytes = self.chunk_bytes
         m, d, c = self.m, self.dilation, self.c_in
         t = xp.shape[0] - (self.r - 1) * d
         n = -(-t // (m * d))  # output tiles per lattice
