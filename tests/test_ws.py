@@ -780,6 +780,30 @@ def test_openapi_description_has_the_protocol(server: Server, before: Scrape) ->
 
 
 
+async def test_two_sessions_share_the_worker(server: Server, before: Scrape) -> None:
+    """Two sessions at once on one worker and a queue of one: their clauses take turns, each session gets its own
+    clauses and audio, in order."""
+    texts = {"a": "今天天气很好。我们去散步吧。", "b": "晚上回家吃饭。你觉得怎么样？"}
+
+    async def talk(text: str, seed: int) -> Transcript:
+        async with session(server) as ws:
+            await start(ws)
+            for piece in deltas(text, seed):
+                await send(ws, type="text", text=piece)
+            await send(ws, type="close")
+            return await until_closed(ws)
+
+    a, b = await asyncio.gather(talk(texts["a"], 1), talk(texts["b"], 2))
+    for t, text in ((a, texts["a"]), (b, texts["b"])):
+        assert t.close_code == 1000, t.events
+        assert "".join(e["text"] for e in t.of_type("clause_started")) == text
+        assert t.events[-1] == {"type": "end", "clauses": 2,
+                                "audio_seconds": round(sum(len(x) for x in t.audio.values()) / 2 / RATE, 3)}
+    after = wait_idle(server)
+    assert increase(before, after, "tts_ws_sessions_total", outcome="ok") == 2
+    assert increase(before, after, "tts_requests_total", outcome="ok") == 4
+
+
 # --- keep this case last: it stops the module's server --------------------------------------------------------
 
 
