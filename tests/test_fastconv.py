@@ -3,6 +3,8 @@ vocoder's use of them (whole sentence and chunked streaming) against direct conv
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -112,6 +114,15 @@ def _generator() -> HifiGanGenerator:
     return gen
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_generator_fast_path_equals_direct_whole_and_streamed() -> None:
     gen = _generator()
     mel = torch.randn(300, 20)
@@ -128,6 +139,19 @@ def test_generator_fast_path_equals_direct_whole_and_streamed() -> None:
         assert stream is not None
         pieces = [stream.push(mel[a:b]) for a, b in ((0, 7), (7, 200), (200, 213), (213, 300))]
         assert float((torch.cat(pieces) - direct).abs().max()) <= 1e-5
+        assert not torch.equal(fast, direct)  # the fast path really ran
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_more_threads_run_direct() -> None:
+    gen = _generator()
+    mel = torch.randn(300, 20)
+    with torch.inference_mode():
+        gen.use_fast_conv(False)
+        torch.set_num_threads(2)
+        direct = gen(mel)
+        assert gen.use_fast_conv(True) == 8
+        torch.testing.assert_close(gen(mel), direct, rtol=0, atol=0)
 
 
 def test_bf16_drops_the_fast_path() -> None:

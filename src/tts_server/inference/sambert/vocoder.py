@@ -303,9 +303,12 @@ _ConvPlan = tuple[Tensor, Tensor | None, int, int, BilinearConv | None]
 #: Where DFT overlap-save (``BilinearConv.fourier``) beats oneDNN's direct convolution on one core, measured per
 #: layer by ``bench/vocoder_layers.py`` (AVX-512, fp32): kernel length -> (fewest channels, DFT size). Kernel 3
 #: and narrower layers stay direct (the transforms cost more than the products they save); so do short signals
-#: (below ``FAST_CONV_MIN_T`` samples, e.g. small streaming chunks), where the per-call overhead dominates.
+#: (below ``FAST_CONV_MIN_T`` samples, e.g. small streaming chunks), where the per-call overhead dominates. With
+#: more than ``FAST_CONV_MAX_THREADS`` torch threads everything runs direct: oneDNN's convolution scales with
+#: threads, the fast path's small per-block GEMMs and copies do not (2 threads: 0.97x of direct, measured).
 FAST_CONV: dict[int, tuple[int, int]] = {7: (64, 16), 11: (64, 32)}
 FAST_CONV_MIN_T = 512
+FAST_CONV_MAX_THREADS = 1
 
 
 def fast_conv_for(c_in: int, c_out: int, kernel: int) -> int | None:
@@ -329,6 +332,10 @@ def _with_fast(plan: _ConvPlan, enabled: bool) -> _ConvPlan:
     return weight, bias, dilation, left, fast
 
 
+def _fast_threads() -> bool:
+    return torch.get_num_threads() <= FAST_CONV_MAX_THREADS
+
+
 def _rows(x: Tensor) -> Tensor:
     """[1, C, 1, T] -> [T, C]: a view of a channels-last signal (its memory is row-major [T, C])."""
     return x.permute(0, 2, 3, 1).reshape(x.shape[-1], x.shape[1])
@@ -338,7 +345,7 @@ def _valid(x: Tensor, plan: _ConvPlan) -> Tensor:
     """Valid convolution of a [1, C, 1, left + T] channels-last signal (its first ``left`` samples are the causal
     past) -> [1, C_out, 1, T] channels-last."""
     weight, bias, dilation, left, fast = plan
-    if fast is not None and x.shape[-1] - left >= FAST_CONV_MIN_T:
+    if fast is not None and x.shape[-1] - left >= FAST_CONV_MIN_T and _fast_threads():
         return fast(_rows(x).contiguous()).t()[None, :, None, :]
     return F.conv2d(x, weight, bias, dilation=(1, dilation))
 
@@ -346,7 +353,7 @@ def _valid(x: Tensor, plan: _ConvPlan) -> Tensor:
 def _conv(x: Tensor, plan: _ConvPlan) -> Tensor:
     """Causal convolution of a [1, C, 1, T] channels-last signal: pad both sides, keep the first T outputs."""
     weight, bias, dilation, left, fast = plan
-    if fast is not None and x.shape[-1] >= FAST_CONV_MIN_T:
+    if fast is not None and x.shape[-1] >= FAST_CONV_MIN_T and _fast_threads():
         return fast(F.pad(_rows(x), (0, 0, left, 0))).t()[None, :, None, :]
     return F.conv2d(x, weight, bias, padding=(0, left), dilation=(1, dilation))[..., : x.shape[-1]]
 
