@@ -357,13 +357,14 @@ def test_webui_pitch_and_volume_sliders(page: Any, tmp_path: Path) -> None:
 
 def test_webui_stream_plays_as_it_arrives(serve: Callable[..., LiveServer], open_page: Callable[..., Any],
                                          tmp_path: Path) -> None:
-    # Three sentences, each made 0.2 s after the one before (the tone engine's sleep directive) and each 0.38 s
-    # long at half speed: played as it arrives, the first sentence sounds well before the response is complete,
-    # and later sentences arrive while earlier ones play, so they join without a gap.
-    server = serve(limits={"max_text_chars": 100})
+    # Three sentences, each made 0.4 s after the one before (the tone engine's sleep directive) and each 0.76 s
+    # long at half speed: played as it arrives, the first sentence sounds well before the response is complete
+    # (about 0.8 s, so a loaded machine's scheduling noise cannot close the 0.25 s margin asserted below), and
+    # later sentences arrive while earlier ones play, so they join without a gap.
+    server = serve(limits={"max_text_chars": 200})
     page = open_page(server)
-    sentence = "今天天气很好我们一起去公园散步吧好吗。"
-    text = "[sleep=0.2]" + sentence * 3
+    sentence = "今天天气很好我们一起去公园散步吧好吗" * 2 + "。"
+    text = "[sleep=0.4]" + sentence * 3
     frames = _expected_frames(sentence * 3, 0.5)
     page.fill("#text", text)
     page.fill("#speed", "0.5")
