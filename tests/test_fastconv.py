@@ -9,6 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.conftest import PARITY_DIR, unavailable
+from tts_server.config import load_settings
+from tts_server.inference.sambert.engine import load_sambert_engine
 from tts_server.inference.sambert.fastconv import BilinearConv, fourier_matrices, winograd_matrices
 from tts_server.inference.sambert.vocoder import (
     FAST_CONV_MIN_T,
@@ -159,3 +162,20 @@ def test_bf16_drops_the_fast_path() -> None:
     assert gen._nwc is not None
     gen._nwc.to(torch.bfloat16)
     assert all(c1[4] is None and c2[4] is None for block in gen._nwc.blocks for c1, c2 in block)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_engine_keeps_fast_kernels_only_at_one_thread(threads: int) -> None:
+    if not (PARITY_DIR / "model").is_dir():
+        unavailable(f"the parity set is not at {PARITY_DIR}")
+    before = torch.get_num_threads()
+    try:
+        engine = load_sambert_engine(load_settings(model={"model_dir": str(PARITY_DIR / "model"),
+                                                          "torch_threads": threads}))
+        plan = engine._voices["zhitian_emo"].vocoder._nwc
+        assert plan is not None
+        fast = sum((c1[4] is not None) + (c2[4] is not None) for block in plan.blocks for c1, c2 in block)
+        # Stage 1 (128 channels) and stage 2 (64): kernels 7 and 11, 8 convolutions each.
+        assert fast == (32 if threads == 1 else 0)
+    finally:
+        torch.set_num_threads(before)

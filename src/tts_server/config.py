@@ -124,7 +124,8 @@ class ModelSettings(_Section):
     #: fp32 vocoder: run the residual blocks' long-kernel convolutions (kernels 7 and 11, 64+ channels) by DFT
     #: overlap-save instead of direct convolution where that measured faster (``bench/vocoder_layers.py``): about
     #: 1.15-1.3x faster vocoder at torch_threads = 1 (no gain at 2, where it stays direct), output within 1e-5 of
-    #: direct (parity with the reference unchanged, ~1e-6).
+    #: direct (parity with the reference unchanged, ~1e-6). Costs ~44 MiB per full-size voice (the kernels
+    #: transformed for the DFT products), not kept when torch_threads > 1.
     vocoder_fast_conv: bool = True
 
     @field_validator("model_dir", "download_dir")

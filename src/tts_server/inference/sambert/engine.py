@@ -61,7 +61,13 @@ from tts_server.inference.sambert.nsf import (
     NsfHifiGanGenerator,
     binarize_voicing,
 )
-from tts_server.inference.sambert.vocoder import HifiGanConfig, HifiGanGenerator, VocoderStream, build_generator
+from tts_server.inference.sambert.vocoder import (
+    FAST_CONV_MAX_THREADS,
+    HifiGanConfig,
+    HifiGanGenerator,
+    VocoderStream,
+    build_generator,
+)
 from tts_server.inference.timestamps import SentenceTiming, SymbolToken, Unit, pause_samples, symbol_units
 
 if TYPE_CHECKING:
@@ -625,7 +631,8 @@ def load_sambert_engine(settings: Settings) -> SambertEngine:
     model_dir = resolve_model_dir(cfg.model_dir, cfg.model_id, cfg.download_dir)
     voices = load_voices(model_dir, cfg.voices)
     voices += load_extra_voices(settings.voices.extra, model_dir, [v.name for v in voices])
-    if not cfg.vocoder_fast_conv:
+    if not cfg.vocoder_fast_conv or cfg.torch_threads > FAST_CONV_MAX_THREADS:
+        # Unused with more threads (the convolutions run direct there): do not keep their transformed kernels.
         for voice in voices:
             voice.vocoder.use_fast_conv(False)
     if cfg.vocoder_precision == "bf16":
