@@ -175,7 +175,8 @@ class BilinearConv:
         prod = torch.bmm(v.view(self.p, d * n, c), self.u)  # [p, d * n, C_out]
         # Output row (tile, j, res) is time ((n0 + tile) * m + j) * d + res.
         y = torch.mm(self.at, prod.view(self.p, -1)).view(m, d, n, self.c_out).permute(2, 0, 1, 3)
+        # One strided pass from the transform's [j, res, tile] order into time order (plus the bias).
         if self.bias is not None:
-            torch.add(y.reshape(out.shape), self.bias, out=out)
+            torch.add(y, self.bias, out=out.view(n, m, d, self.c_out))
         else:
-            out.copy_(y.reshape(out.shape))
+            out.view(n, m, d, self.c_out).copy_(y)
