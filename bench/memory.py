@@ -5,7 +5,7 @@ measured three times: when ready, after a run of distinct everyday sentences, an
 time per second of audio over the same requests shows what a smaller oneDNN primitive cache costs in recompilation.
 RSS counts shared pages (torch's libraries) in every process; USS is what a process alone holds, PSS its fair share.
 
-    python bench/memory.py                # defaults vs no memory release, and a 32-entry oneDNN cache
+    python bench/memory.py                # defaults vs no memory release, a 32-entry oneDNN cache, direct conv
     python bench/memory.py --requests 24
 """
 
@@ -31,7 +31,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "default": {},
     "cache 32": {"onednn_primitive_cache": 32},
     "before": {"release_memory": False},
+    "direct conv": {},
 }
+#: name -> [model] settings on top of the parity model's: the vocoder's fast convolutions keep their transformed
+#: kernels (``model.vocoder_fast_conv``), so "direct conv" shows what they cost in memory.
+MODEL_EXTRA: dict[str, dict[str, Any]] = {"direct conv": {"vocoder_fast_conv": False}}
 
 _EXTRA = ("请注意，本次列车的终点站是北京南站，", "下一站是天津，", "需要换乘的旅客请提前做好准备。")
 LONG_TEXT = "".join(SENTENCES) * 4  # about 300 characters, several sentences of distinct lengths
@@ -77,7 +81,9 @@ def _synth(client: httpx.Client, text: str) -> float:
 
 
 def measure(name: str, pool: dict[str, Any], workers: int, requests: int) -> dict[str, Any]:
-    with tts_server(sambert_choice(1), workers, pool_extra=pool) as server:
+    choice = sambert_choice(1)
+    choice.settings["model"].update(MODEL_EXTRA.get(name, {}))
+    with tts_server(choice, workers, pool_extra=pool) as server:
         pid = server.proc.pid
         out: dict[str, Any] = {"started": _snapshot(pid)}
         with httpx.Client(base_url=server.url, timeout=300.0) as client:
@@ -115,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Resident memory (MiB), parity model, {args.workers} workers, 1 torch thread; worker = the largest one")
     print(f"  {'':<15}{'API rss':>7}{'uss':>7}   {'wrk rss':>7}{'uss':>7}{'pss':>7}   API imports torch")
     for res in results:
-        print(f"{res['name']}  (pool: {CONFIGS[res['name']] or 'defaults'})")
+        print(f"{res['name']}  (pool: {CONFIGS[res['name']] or 'defaults'}, model: {MODEL_EXTRA.get(res['name'], {})})")
         for phase in ("started", "after requests", "after long"):
             print(_row(phase, res[phase]))
     base = next((r for r in results if r["name"] == "before"), None)
