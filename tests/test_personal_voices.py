@@ -4,6 +4,7 @@ relative to the config file, and a bad entry stops start-up with one line that n
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import shutil
 import time
@@ -256,3 +257,38 @@ def test_a_personal_voice_in_the_webui(layout: Path, make_settings: Callable[...
     }""")
     assert page.is_hidden("#error")
     assert re.fullmatch(r"tts-my_voice-neutral-\d{8}-\d{6}\.wav", page.get_attribute("#download", "download"))
+
+
+def test_webui_seed_for_a_stochastic_voice(layout: Path, make_settings: Callable[..., Settings],
+                                           page_of: Callable[[Settings], Any]) -> None:
+    page = page_of(_served_settings(layout, make_settings, server={"drain_timeout_s": 5.0}))
+    page.click("#advanced summary")
+    # The built-in voice is deterministic: the seed has no say there.
+    assert page.is_disabled("#seed")
+    page.select_option("#voice", "my_voice")
+    assert page.is_enabled("#seed")
+    page.fill("#text", "你好。")
+    page.fill("#seed", "7")
+    def synthesize() -> tuple[dict[str, Any], str]:
+        """Click, wait for the answer; the request body and a hash of the downloaded audio."""
+        with page.expect_request(lambda r: r.url.endswith("/v1/synthesize")) as sent:
+            page.click("#synthesize")
+        page.wait_for_selector("#synthesize:not([disabled])")
+        assert page.is_hidden("#error")
+        with page.expect_download() as saved:
+            page.click("#download")
+        digest = hashlib.sha256(Path(saved.value.path()).read_bytes()).hexdigest()
+        return sent.value.post_data_json, digest
+
+    first_body, first = synthesize()
+    second_body, second = synthesize()
+    assert first_body["seed"] == second_body["seed"] == 7
+    # The same seed, the same audio (no cache here: synthesised twice).
+    assert first == second
+    # Emptied, no seed is sent: the voice draws anew.
+    page.fill("#seed", "")
+    body, fresh = synthesize()
+    assert "seed" not in body
+    assert fresh != first
+    page.select_option("#voice", "zhitian_emo")
+    assert page.is_disabled("#seed")

@@ -17,7 +17,7 @@
     moreToggle: $("more-emotions"), speed: $("speed"), speedValue: $("speed-value"),
     speedMin: $("speed-min"), speedMax: $("speed-max"), pitch: $("pitch"), pitchValue: $("pitch-value"),
     volume: $("volume"), volumeValue: $("volume-value"), resetProsody: $("reset-prosody"),
-    formats: $("formats"), apiKey: $("api-key"),
+    formats: $("formats"), apiKey: $("api-key"), seed: $("seed"),
     advanced: $("advanced"), button: $("synthesize"), status: $("status"), error: $("error"),
     errorTitle: $("error-title"), errorDetail: $("error-detail"), result: $("result"), player: $("player"),
     playbackNote: $("playback-note"), meta: $("result-meta"), download: $("download"),
@@ -271,6 +271,11 @@
     el.moreToggle.textContent = open ? "收起 · Fewer" : `更多 · More (${count})`;
   }
 
+  function updateSeed() {
+    const voice = state.voices.get(el.voice.value);
+    el.seed.disabled = !(voice && voice.stochastic);
+  }
+
   function renderEmotions() {
     const voice = state.voices.get(el.voice.value);
     const keep = selected("emotion");
@@ -334,6 +339,7 @@
     el.voice.value = state.voices.has(previous) ? previous : (data.default_voice || data.voices[0]?.name || "");
     el.voice.disabled = data.voices.length === 0;
     renderEmotions();
+    updateSeed();
     const voice = state.voices.get(el.voice.value);
     if (!el.text.value && voice && voice.preview_text) {
       el.text.value = voice.preview_text;
@@ -835,6 +841,8 @@
       volume: Number(el.volume.value),
       format: selected("format") || "wav",
     };
+    // Only a stochastic voice's audio depends on it (the field is disabled for the others).
+    if (!el.seed.disabled && el.seed.value.trim() !== "") request.seed = Number(el.seed.value);
     stopLive();
     clearReadAlong();
     clearWaveform();
@@ -937,7 +945,7 @@
         el.form.requestSubmit();
       }
     });
-    el.voice.addEventListener("change", renderEmotions);
+    el.voice.addEventListener("change", () => { renderEmotions(); updateSeed(); });
     el.moreToggle.addEventListener("click", () => showMoreEmotions(el.moreEmotions.hidden));
     for (const slider of [el.speed, el.pitch, el.volume]) slider.addEventListener("input", updateProsody);
     el.resetProsody.addEventListener("click", resetProsody);
