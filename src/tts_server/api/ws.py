@@ -36,7 +36,7 @@ from tts_server.api.schemas import SEED_MAX, SPEED_MAX, SPEED_MIN
 from tts_server.api.security import admit
 from tts_server.api.serving import check_emotion, check_rate, voice_info
 from tts_server.api.state import AppState
-from tts_server.inference.audio import FORMATS, StreamResampler, to_int16
+from tts_server.inference.audio import FORMATS, OggOpusStream, StreamResampler, to_int16
 from tts_server.inference.clauses import ClauseSegmenter
 from tts_server.inference.engine import PITCH_MAX, PITCH_MIN, VOLUME_DB_MAX, VOLUME_DB_MIN
 from tts_server.inference.pool import JobCancelled, JobHandle, PoolError
@@ -53,19 +53,24 @@ NORMAL_CLOSE: Final = 1000
 ERROR_CLOSE_BASE: Final = 4000
 
 PROTOCOL: Final = """
-**WebSocket `/v1/tts/ws`** (OpenAPI cannot describe WebSockets; README.md has the full protocol): speech for text
-that arrives piece by piece. Send `{"type": "start", "voice", "emotion", "speed", "pitch", "volume", "seed",
-"format": "pcm", "sample_rate", "api_key", "timestamps"}` first (every field optional; `api_key` when auth is on and no
+**WebSocket `/v1/tts/ws`** (OpenAPI cannot describe WebSockets; README.md has the full protocol): speech for text that
+arrives piece by piece. Send `{"type": "start", "voice", "emotion", "speed", "pitch", "volume", "seed", "format": "pcm"
+or "opus", "sample_rate", "api_key", "timestamps"}` first (every field optional; `api_key` when auth is on and no
 `Authorization` header was sent), then `{"type": "text", "text": "..."}` deltas, `{"type": "flush"}` (speak what is
-pending), `{"type": "cancel"}` (drop pending text and stop the current clause at its next chunk) and
-`{"type": "close"}` (speak the rest, then end). The server answers `ready`, then for each clause `clause_started`
-`{index, text}`, binary frames of s16le mono PCM at `sample_rate` (with `timestamps`: a `timestamps` event
-`{index, sentence, words, syllables, characters, marks}` before each sentence's frames), `clause_done`;
-`cancelled` after a cancel; `end` before closing with 1000. An error is an `error` event
-`{code, message, param}` followed by close code
-4000 + its HTTP status (4401 key, 4403 origin, 4408 idle, 4413 too much buffered text, 4422 bad message, unknown
-voice or opus, 4429 rate limit, 4503 queue full or not ready, 4504 deadline, 4500 engine fault).
+pending), `{"type": "cancel"}` (drop pending text and stop the current clause at its next chunk) and `{"type":
+"close"}` (speak the rest, then end). The server answers `ready`, then for each clause `clause_started` `{index,
+text}`, binary frames of s16le mono PCM at `sample_rate` (with `"format": "opus"`: the clause as one Ogg Opus stream,
+its pages as they are completed) (with `timestamps`: a `timestamps` event `{index, sentence, words, syllables,
+characters, marks}` before each sentence's frames), `clause_done`; `cancelled` after a cancel; `end` before closing
+with 1000. An error is an `error` event `{code, message, param}` followed by close code 4000 + its HTTP status (4401
+key, 4403 origin, 4408 idle, 4413 too much buffered text, 4422 bad message, unknown voice, format or sample rate, 4429
+rate limit, 4503 queue full or not ready, 4504 deadline, 4500 engine fault).
 """
+
+
+#: The formats a session can ask for, and the ``encoding`` its ``ready`` event names: raw s16le frames as the audio is
+#: made, or per clause one Ogg Opus stream (libsndfile completes a page about every second of audio).
+STREAM_FORMATS: Final = {"pcm": "s16le", "opus": "ogg-opus"}
 
 
 # --- messages -----------------------------------------------------------------------------------------------
@@ -84,7 +89,7 @@ class StartMessage(_Message):
     volume: float = Field(0.0, ge=VOLUME_DB_MIN, le=VOLUME_DB_MAX)
     #: A stochastic voice's seed, the same for every clause of the session; deterministic voices ignore it.
     seed: int | None = Field(None, ge=0, le=SEED_MAX)
-    #: Only raw PCM: libsndfile (our encoder) writes whole Ogg files, so opus cannot go out frame by frame.
+    #: ``pcm`` (s16le frames as they are made) or ``opus`` (each clause one Ogg Opus stream, sent page by page).
     format: str = "pcm"
     sample_rate: int | None = Field(None, ge=8000, le=48000)
     api_key: str | None = None
@@ -231,8 +236,10 @@ class Session:
         if header is None:
             self.principal = self._admit(f"Bearer {first.api_key}" if first.api_key else None)
         self._resolve(first)
+        assert self.start is not None
         await self._send_event("ready", session_id=self.session_id, voice=self.voice, emotion=self.emotion,
-                               format="pcm", encoding="s16le", channels=1, sample_rate=self.rate)
+                               format=self.start.format, encoding=STREAM_FORMATS[self.start.format], channels=1,
+                               sample_rate=self.rate)
         reader = asyncio.create_task(self._read())
         speaker = asyncio.create_task(self._speak_all())
         try:
@@ -270,13 +277,12 @@ class Session:
         self.emotion = check_emotion(info, start.emotion)
         self.voice = info.name
         self.seed = start.seed if info.stochastic else None
-        if start.format != "pcm":
-            known = "opus is not offered: the audio encoder (libsndfile) writes whole Ogg files, not packets" \
-                if start.format in FORMATS else f"unknown format {start.format!r}"
-            raise ApiError(errors.UNSUPPORTED_STREAM_FORMAT, f"the WebSocket sends raw pcm only; {known}",
-                           param="format")
+        if start.format not in STREAM_FORMATS:
+            known = "" if start.format in FORMATS else f" (unknown format {start.format!r})"
+            raise ApiError(errors.UNSUPPORTED_STREAM_FORMAT,
+                           f"the WebSocket sends {' or '.join(STREAM_FORMATS)}{known}", param="format")
         self.rate = start.sample_rate or info.sample_rate
-        check_rate("pcm", self.rate)
+        check_rate(start.format, self.rate)
         self.start = start
 
     # -- the client's side --
@@ -382,20 +388,24 @@ class Session:
         try:
             await self._send_event("clause_started", index=clause.index, text=clause.text)
             first = True
-            # One continuous signal per clause: the resampler carries its state across chunks.
+            # One continuous signal per clause: the resampler carries its state across chunks, and with opus the
+            # clause is one Ogg stream.
             resampler: StreamResampler | None = None
+            encoder = OggOpusStream(self.rate) if start.format == "opus" else None
             async for chunk in handle.chunks():
                 if chunk.timestamps:
                     await self._send_timestamps(clause, chunk.timestamps)
                 if resampler is None:
                     resampler = StreamResampler(chunk.sample_rate, self.rate)
-                sent = await self._send_audio(clause, to_int16(resampler.push(chunk.audio)))
+                sent = await self._send_audio(clause, to_int16(resampler.push(chunk.audio)), encoder)
                 if sent and first and clause.ready_at is not None:
                     metrics.ttfa.labels(ROUTE).observe(time.monotonic() - clause.ready_at)
                     first = False
             outcome = await handle.result()
             if resampler is not None:
-                await self._send_audio(clause, to_int16(resampler.flush()))
+                await self._send_audio(clause, to_int16(resampler.flush()), encoder)
+            if encoder is not None:
+                await self._send_bytes(clause, encoder.close())
         except JobCancelled:
             if clause.generation != self._generation:
                 metrics.requests.labels(self.voice, self.emotion, "cancelled").inc()
@@ -436,19 +446,26 @@ class Session:
         finally:
             self._waiting = None
 
-    async def _send_audio(self, clause: _Clause, pcm: npt.NDArray[np.int16]) -> bool:
-        """Send one binary frame of ``clause``'s audio unless it is empty or the clause was cancelled."""
-        if not len(pcm):
+    async def _send_audio(self, clause: _Clause, pcm: npt.NDArray[np.int16], encoder: OggOpusStream | None) -> bool:
+        """Send ``clause``'s next audio as one binary frame (raw, or the Ogg pages the encoder completed) unless
+        there is none or the clause was cancelled. The audio counts as sent when it is handed to the encoder."""
+        if not len(pcm) or clause.generation != self._generation:
+            return False  # cancelled: the pool drops what the worker still sends
+        if not await self._send_bytes(clause, pcm.astype("<i2").tobytes() if encoder is None else encoder.push(pcm)):
             return False
-        async with self._send_lock:
-            if clause.generation != self._generation:
-                return False  # cancelled: the pool drops what the worker still sends
-            await self.ws.send_bytes(pcm.astype("<i2").tobytes())
         seconds = len(pcm) / self.rate
         self.state.metrics.ws_audio_sent.inc(seconds)
         self.audio_seconds += seconds
         self._last_activity = time.monotonic()
         return True
+
+    async def _send_bytes(self, clause: _Clause, data: bytes) -> bool:
+        async with self._send_lock:
+            if clause.generation != self._generation:
+                return False
+            if data:
+                await self.ws.send_bytes(data)
+            return True
 
     async def _send_timestamps(self, clause: _Clause, events: str) -> None:
         """The timings of the sentences that start in a chunk, before the chunk's audio (none once cancelled)."""

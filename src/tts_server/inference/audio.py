@@ -75,6 +75,40 @@ def encode(audio: npt.NDArray[np.float32], sample_rate: int, fmt: str) -> bytes:
     return buf.getvalue()
 
 
+class OggOpusStream:
+    """One Ogg Opus stream written as the audio comes: ``push`` returns the Ogg pages libsndfile has completed so
+    far (the headers at once, then a page per second of audio or so: libsndfile fills whole pages, and flushing
+    does not cut one short), ``close`` the rest with the end-of-stream page. The bytes, concatenated, are one
+    complete ``.opus`` file."""
+
+    def __init__(self, sample_rate: int) -> None:
+        rates = FORMATS["opus"].rates or ()
+        if sample_rate not in rates:
+            raise ValueError(f"opus takes {', '.join(map(str, rates))} Hz, not {sample_rate}")
+        self._buf = io.BytesIO()
+        self._file = sf.SoundFile(self._buf, "w", samplerate=sample_rate, channels=1, format="OGG",
+                                  subtype="OPUS")
+        self._taken = 0
+
+    def push(self, pcm: npt.NDArray[np.int16]) -> bytes:
+        if len(pcm):
+            self._file.write(pcm)
+        return self._take()
+
+    def close(self) -> bytes:
+        self._file.close()
+        return self._take()
+
+    def _take(self) -> bytes:
+        size = self._buf.seek(0, io.SEEK_END)
+        if size == self._taken:
+            return b""
+        self._buf.seek(self._taken)
+        data = self._buf.read()
+        self._taken = size
+        return data
+
+
 def wav_stream_header(sample_rate: int) -> bytes:
     """A WAV header for a stream of unknown length (sizes set to the maximum, as streaming players expect)."""
     unknown = 0xFFFFFFFF
