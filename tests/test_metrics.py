@@ -540,7 +540,9 @@ async def test_queue_depth_rises_under_load_and_returns_to_zero(tmp_path: Path) 
     settings = settings_for(tmp_path, pool={"workers": 1, "queue_size": 3})
     async with running_app(settings) as (app, client):
         pool: WorkerPool = app.state.tts.pool
-        running = asyncio.create_task(client.post("/v1/synthesize", json={"text": "[sleep=0.5] 一"}))
+        # The first job is long so that the queue is still full when the overflow request arrives, however slowly
+        # a loaded machine scrapes (a 0.5 s job let a queued one start before the overflow, admitting it).
+        running = asyncio.create_task(client.post("/v1/synthesize", json={"text": "[sleep=3] 一"}))
 
         async def busy() -> bool:
             return (await scrape(client)).value("tts_requests_in_progress") == 1
@@ -574,11 +576,11 @@ async def test_queue_depth_rises_under_load_and_returns_to_zero(tmp_path: Path) 
         assert s.value("tts_workers", state="busy") == 0
         assert s.value("tts_requests_total", voice="alpha", emotion="neutral", outcome="ok") == 4
         assert s.value("tts_requests_total", voice="alpha", emotion="neutral", outcome="rejected") == 1
-        # One job started at once; the three queued ones waited for 0.5 s jobs ahead of them.
+        # One job started at once; the three queued ones waited for the jobs ahead of them (3 s, then 0.5 s each).
         assert s.value("tts_queue_wait_seconds_count") == 4
         assert s.value("tts_queue_wait_seconds_bucket", le="0.25") == 1
         assert s.value("tts_queue_wait_seconds_sum") > 2.0
-        # Four admitted requests all waited or ran for 0.5 s; only the fast 503 lands under 0.25 s.
+        # Four admitted requests all waited or ran for at least 0.5 s; only the fast 503 lands under 0.25 s.
         assert s.value("tts_request_duration_seconds_count", route="/v1/synthesize", format="wav",
                        stream="false") == 5
         assert s.value("tts_request_duration_seconds_bucket", route="/v1/synthesize", format="wav",
