@@ -36,3 +36,14 @@ def test_neutral_lexicon_leaves_no_reference_to_the_phrase_tables() -> None:
     assert not [name for name in sys.modules if name.startswith(prefix)]
     package = sys.modules.get("pypinyin_dict.phrase_pinyin_data")
     assert package is None or getattr(package, "cc_cedict", None) is None
+
+
+def test_frontends_of_different_voices_share_one_jieba_dictionary() -> None:
+    # One frontend per voice (phone sets differ); each used to load its own jieba dictionary (~50 MB).
+    from tts_server.inference.frontend import Frontend
+    from tts_server.inference.frontend.symbols import DEFAULT_PHONES
+
+    first = Frontend(warm_up=False)
+    second = Frontend(frozenset(DEFAULT_PHONES), warm_up=False)
+    assert first._segmenter is second._segmenter
+    assert pinyin.shared_segmenter() is first._segmenter

@@ -101,10 +101,12 @@ class PoolSettings(_Section):
     #: Return freed memory to the system after warm-up and whenever a worker goes idle (glibc only): keeps a
     #: worker's resident memory near its working set instead of its high-water mark. Costs a few ms per idle moment.
     release_memory: bool = True
-    #: oneDNN primitive cache entries per worker (torch's default, 1024, holds about 120 MB once full). Each distinct
-    #: sentence length compiles its own convolution primitives; a smaller cache saves memory but recompiles more:
-    #: 32 saved a further ~80 MiB per worker for ~10-15% more CPU per synthesis (``bench/memory.py``).
-    onednn_primitive_cache: int = Field(1024, ge=0)
+    #: oneDNN primitive cache entries per worker. Each distinct sentence length compiles its own convolution
+    #: primitives (about 45 per sentence on a full-size voice, ~0.7 MiB each: the vocoder's run over tens of
+    #: thousands of samples), so with torch's default of 1024 a worker grew by ~25 MiB per distinct length, towards
+    #: ~0.7 GB. 128 keeps one sentence's primitives (their reuse within the sentence and across a stream's chunks)
+    #: for +20 MiB; recompiling the rest cost ~3% more CPU on distinct sentences (``bench/memory.py``).
+    onednn_primitive_cache: int = Field(128, ge=0)
 
 
 class ModelSettings(_Section):

@@ -29,7 +29,7 @@ from typing import Any
 
 from tts_server.inference.frontend.errors import FrontendError
 from tts_server.inference.frontend.normalize import NUMBER_CLOSE, NUMBER_OPEN, WORD_SEP, Reading, normalize_traced
-from tts_server.inference.frontend.pinyin import CJK_RE, Segmenter, Word, apply_sandhi, word_reading
+from tts_server.inference.frontend.pinyin import CJK_RE, Word, apply_sandhi, shared_segmenter, word_reading
 from tts_server.inference.frontend.ssml import (
     MAX_BREAK_S,
     BreakMark,
@@ -131,7 +131,8 @@ def _bare_emotion(name: str) -> str:
 
 
 class Frontend:
-    """Chinese text frontend. Construct once per process (jieba loads its dictionary here), then ``process``."""
+    """Chinese text frontend, one per phone set (voice); the first one in a process loads jieba's dictionary, which
+    later ones share. Then ``process``."""
 
     def __init__(
         self,
@@ -144,7 +145,7 @@ class Frontend:
             raise ValueError("max_sentence_chars must be at least 1")
         self._inventory = DEFAULT_PHONES if phone_inventory is None else phone_inventory
         self._max_chars = max_sentence_chars
-        self._segmenter = Segmenter()
+        self._segmenter = shared_segmenter()
         self._phones: dict[str, tuple[str, ...]] = {}
         self._lexicon: dict[str, tuple[Syllable, ...]] = {}
         self._lexicon_lengths: list[int] = []

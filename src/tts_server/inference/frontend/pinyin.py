@@ -78,7 +78,8 @@ def _number_words(number: str) -> list[str]:
 
 
 class Segmenter:
-    """jieba (one private tokenizer, initialised once, quiet) plus cached pypinyin lookups."""
+    """jieba (one private tokenizer, initialised once, quiet) plus cached pypinyin lookups. It holds no per-voice
+    state: processes share one (``shared_segmenter``), since each jieba dictionary costs about 50 MB."""
 
     def __init__(self) -> None:
         with warnings.catch_warnings():
@@ -135,6 +136,20 @@ class Segmenter:
             return [word]
         i = best[1]
         return self._split_compound(word[:i]) + self._split_compound(word[i:])
+
+
+_shared: Segmenter | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_segmenter() -> Segmenter:
+    """The process's one ``Segmenter``: a worker serving four voices builds one frontend per voice (their phone
+    sets differ), and a jieba dictionary per frontend was 4x the memory for identical segmentation."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = Segmenter()
+        return _shared
 
 
 # jieba's word frequencies, shared with the third-tone sandhi to find the internal structure of a word.
