@@ -16,6 +16,8 @@ from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -773,46 +775,63 @@ class SambertModel(nn.Module):
         return self._decoder_plan.run(memory, band)
 
 
+#: Float type of the decoder loop's arrays (the checkpoints are float32).
+_F32 = np.float32
+
+
+def _np(t: Tensor) -> npt.NDArray[np.float64]:
+    """A float64 copy for folding weights (the products are rounded to float32 once, at the end)."""
+    return t.detach().double().numpy().copy()
+
+
+def _with_bias(w: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+    """``[w | b]`` as float32 in column-major order: ``_with_bias(w, b) @ [v, 1] == w @ v + b`` in one BLAS call.
+
+    Column-major keeps every column (the bias one too) contiguous, so the extra column costs one more axpy-like
+    pass over ``out`` floats and the kernel streams the matrix in order.
+    """
+    return np.asfortranarray(np.concatenate([w, b[:, None]], axis=1).astype(_F32))
+
+
+def _fold_ln(
+    w: npt.NDArray[np.float64], b: npt.NDArray[np.float64], ln: nn.LayerNorm
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """``w @ layer_norm(x) + b`` as ``w' @ normalised(x) + b'``: the norm's scale and shift go into the product."""
+    g, s = _np(ln.weight), _np(ln.bias)
+    return w * g[None, :], b + w @ s
+
+
+def _bias_np(module: nn.Conv1d | nn.Linear) -> npt.NDArray[np.float64]:
+    if module.bias is None:
+        return np.zeros(module.weight.shape[0])
+    return _np(module.bias)
+
+
 class _PncaLayer:
-    """One PNCA block's weights, rearranged for the single-step decoder loop."""
+    """One PNCA block's weights, rearranged for the single-step decoder loop (numpy, float32).
+
+    Every product of a step is one matrix-vector call with the bias as an extra column (``_with_bias``), the
+    layer norms' scale and shift folded into the product that follows them, and the attention's ``1/sqrt(d)``
+    folded into the query rows.
+    """
 
     def __init__(self, block: PNCABlock) -> None:
         attn = block.pnca_attn
         ffn = block.pos_ffn
         self.n_head, self.d_head = attn.n_head, attn.d_head
-        self.alpha = 1.0 / math.sqrt(attn.d_head)
-        self.ln = (attn.layer_norm.weight.detach(), attn.layer_norm.bias.detach())
         hd = attn.n_head * attn.d_head
-        w, b = attn.w_x_qkv.weight.detach(), attn.w_x_qkv.bias.detach()
+        w, b = _fold_ln(_np(attn.w_x_qkv.weight), _np(attn.w_x_qkv.bias), attn.layer_norm)
         # The query is emitted twice (q, q, k, v): one copy per attention (own past, memory), so that both run as
         # a single batched attention over 2 * n_head heads.
-        self.w_qqkv = _gemv_layout(torch.cat([w[:hd], w], dim=0))
-        self.b_qqkv = torch.cat([b[:hd], b], dim=0).contiguous()
+        alpha = 1.0 / math.sqrt(attn.d_head)
+        self.w_qqkv = _with_bias(np.concatenate([w[:hd] * alpha, w[:hd] * alpha, w[hd:]]),
+                                 np.concatenate([b[:hd] * alpha, b[:hd] * alpha, b[hd:]]))
         self.w_h_kv = (attn.w_h_kv.weight.detach(), attn.w_h_kv.bias.detach())
-        self.w_fc = _gemv_layout(torch.cat([attn.fc_x.weight, attn.fc_h.weight], dim=1).detach())
-        self.b_fc = (attn.fc_x.bias + attn.fc_h.bias).detach()
-        self.ffn_ln = (ffn.layer_norm.weight.detach(), ffn.layer_norm.bias.detach())
-        self.w_1 = _gemv_layout(ffn.w_1.weight.detach()[:, :, 0])
-        self.b_1 = _bias(ffn.w_1)
-        self.w_2 = _gemv_layout(ffn.w_2.weight.detach()[:, :, 0])
-        self.b_2 = _bias(ffn.w_2)
-
-
-def _gemv_layout(w: Tensor) -> Tensor:
-    """``w`` [out, in] for ``addmv``, stored so that the single-vector product streams it fastest.
-
-    The decoder steps are matrix-vector products whose cost is reading the weights; measured on x86 CPUs with
-    MKL, widening products (out > in) run faster on column-major storage, narrowing ones on row-major.
-    """
-    if w.shape[0] > w.shape[1]:
-        return w.t().contiguous().t()
-    return w.contiguous()
-
-
-def _bias(module: nn.Conv1d | nn.Linear) -> Tensor:
-    if module.bias is None:
-        return module.weight.new_zeros(module.weight.shape[0])
-    return module.bias.detach()
+        self.w_fc = _with_bias(np.concatenate([_np(attn.fc_x.weight), _np(attn.fc_h.weight)], axis=1),
+                               _np(attn.fc_x.bias) + _np(attn.fc_h.bias))
+        w1, b1 = _fold_ln(_np(ffn.w_1.weight)[:, :, 0], _bias_np(ffn.w_1), ffn.layer_norm)
+        self.w_1 = _with_bias(w1, b1)
+        self.w_2 = _with_bias(_np(ffn.w_2.weight)[:, :, 0], _bias_np(ffn.w_2))
 
 
 class _DecoderPlan:
@@ -824,6 +843,13 @@ class _DecoderPlan:
     ``H..2H-1`` the memory keys (projected once per utterance). The window of step ``t`` is then the single
     slice ``[t, t + band]`` for all ``2H`` heads, with a precomputed additive mask for the rows that fall before
     the start or after the end.
+
+    The loop runs on numpy arrays: a step is ~50 matrix-vector products of a few hundred KiB each plus ~200 tiny
+    element-wise operations, where numpy's per-call cost is a fraction of torch's and its BLAS (OpenBLAS) streams
+    the weights faster than torch's (MKL) on the CPUs measured (bench/decoder.py: about 2x on the parity model).
+    OpenBLAS runs matrix-vector products of these sizes on the calling thread only, so the loop stays within the
+    worker's thread budget. Whatever runs once per utterance (the memory's projections) and the output
+    projection stay batched torch products.
     """
 
     def __init__(self, dec: HybridAttentionDecoder, num_mels: int) -> None:
@@ -833,28 +859,29 @@ class _DecoderPlan:
         linears = [m for m in dec.prenet.fcs if isinstance(m, nn.Linear)]
         w_in = dec.dec_in_proj.weight.detach()
         self.d_mem = w_in.shape[1] - dec.d_model
-        w_in_x = w_in[:, self.d_mem :]
+        w_in_x = _np(w_in[:, self.d_mem :])
         # dec_in_proj(cat(memory, prenet_out)) * scale, with the prenet's last linear folded into the projection.
         last = linears[-1]
         self.w_mem = w_in[:, : self.d_mem] * scale
-        self.b_mem = (dec.dec_in_proj.bias.detach() + w_in_x @ last.bias.detach()) * scale
-        self.w_pre = _gemv_layout((w_in_x @ last.weight.detach()) * scale)
-        self.prenet = [(_gemv_layout(m.weight.detach()), m.bias.detach()) for m in linears[:-1]]
+        self.b_mem = (dec.dec_in_proj.bias.detach() + w_in[:, self.d_mem :] @ last.bias.detach()) * scale
+        self.w_pre = np.asfortranarray(((w_in_x @ _np(last.weight)) * scale).astype(_F32))
+        prenet = [(_np(m.weight), _np(m.bias)) for m in linears[:-1]]
+        self.prenet = [_with_bias(w, b) for w, b in prenet[1:]]
         self.layers = [_PncaLayer(block) for block in dec.pnca if isinstance(block, PNCABlock)]
         self.ln = (dec.ln.weight.detach(), dec.ln.bias.detach())
         self.w_out = dec.dec_out_proj.weight.detach()
         self.b_out = dec.dec_out_proj.bias.detach()
-        # Only the last frame of a step feeds the next step; its projection is folded into the first prenet layer.
-        w_p1, b_p1 = self.prenet[0]
-        self.w_fb = _gemv_layout(w_p1 @ self.w_out[-num_mels:])
-        self.b_fb = w_p1 @ self.b_out[-num_mels:] + b_p1
+        # Only the last frame of a step feeds the next step; its projection (after the final layer norm) is folded
+        # into the first prenet layer.
+        w_p1, b_p1 = prenet[0]
+        w_last, b_last = _np(self.w_out[-num_mels:]), _np(self.b_out[-num_mels:])
+        self.w_fb = _with_bias(*_fold_ln(w_p1 @ w_last, w_p1 @ b_last + b_p1, dec.ln))
+        #: The first prenet layer's output at step 0 (the all-zero "go" frame).
+        self.h_go = np.maximum(b_p1, 0).astype(_F32)
 
     def run(self, memory: Tensor, band: int) -> Tensor:
         """``memory``: [S, d_mem] -> decoder output [S, r * num_mels]."""
-        outputs = memory.new_empty(memory.shape[0], self.d_model)
-        for t, x in enumerate(self.steps(memory, band)):
-            outputs[t] = x
-        return self.project(outputs)
+        return self.project(torch.stack(list(self.steps(memory, band))))
 
     def project(self, hidden: Tensor) -> Tensor:
         """Hidden states of some steps [n, d_model] -> their mel frames [n, r * num_mels]."""
@@ -865,50 +892,94 @@ class _DecoderPlan:
         steps = memory.shape[0]
         width = band + 1
         d_model = self.d_model
-        mem_in = F.linear(memory, self.w_mem, self.b_mem)
+        memory = memory.float()
+        mem_in = F.linear(memory, self.w_mem, self.b_mem).numpy()
+        hidden = np.empty((steps, d_model), _F32)
+        eps = 1e-6
+        inv_d = 1.0 / d_model
+        ones = np.ones(d_model, _F32)
+        # Product inputs end with a 1 (the bias column of ``_with_bias``); all buffers are reused by every step.
+        normed = np.ones(d_model + 1, _F32)
+        norm_in = normed[:d_model]
+        pre = [np.ones(w.shape[0] + 1, _F32) for w in [self.w_fb, *self.prenet]]
 
-        buffers = []
+        layers = []
         for layer in self.layers:
             n_head, d_head = layer.n_head, layer.d_head
-            # Keys are kept transposed ([2H, d, rows]) so that a window is directly the bmm operand.
-            keys = memory.new_zeros(2 * n_head, d_head, steps + band)
-            values = memory.new_zeros(2 * n_head, steps + band, d_head)
-            hkv = F.linear(memory, *layer.w_h_kv).reshape(steps, 2, n_head, d_head)
-            keys[n_head:, :, :steps] = hkv[:, 0].permute(1, 2, 0)
-            values[n_head:, :steps] = hkv[:, 1].transpose(0, 1)
-            buffers.append((keys, values, keys[:n_head].transpose(1, 2), values[:n_head]))
+            # Row r of ``kv`` holds, per group (own past, memory), the keys and values of all heads; the decoder's
+            # own step s sits in row s + band, memory position p in row p, so that the window of step t is rows
+            # [t, t + band] for both groups. The last column is a 1 for the values (the attention's product then
+            # also gives each head's softmax denominator) and unused for the keys.
+            kv = np.zeros((steps + band, 2, 2, n_head, d_head + 1), _F32)
+            kv[:, :, 1, :, d_head] = 1.0
+            hkv = F.linear(memory, *layer.w_h_kv).reshape(steps, 2, n_head, d_head).numpy()
+            kv[:steps, 1, :, :, :d_head] = hkv
+            qqkv = np.empty(layer.w_qqkv.shape[0], _F32)
+            att = np.empty((2, n_head, 1, d_head + 1), _F32)
+            heads = np.ones(layer.w_fc.shape[1], _F32)
+            ffn = np.ones(layer.w_1.shape[0] + 1, _F32)
+            layers.append((
+                layer.w_qqkv, qqkv, qqkv[: 2 * n_head * d_head].reshape(2, n_head, 1, d_head),
+                qqkv[2 * n_head * d_head :].reshape(2, n_head, d_head), kv[:, 0, :, :, :d_head],
+                kv[:, :, 0, :, :d_head].transpose(1, 2, 3, 0), kv[:, :, 1].transpose(1, 2, 0, 3),
+                np.empty((2, n_head, 1, width), _F32), np.empty((2, n_head, 1, 1), _F32), att,
+                att[..., :d_head], att[..., d_head:], heads[:-1].reshape(2, n_head, 1, d_head), heads,
+                layer.w_fc, layer.w_1, ffn, ffn[:-1], layer.w_2,
+            ))
         n_head = self.layers[0].n_head if self.layers else 1
-        offs = torch.arange(width)
-        pos = torch.arange(steps)[:, None]
-        own_invalid = (offs[None, :] < band - pos)[:, None, None, :].expand(steps, n_head, 1, width)
-        mem_invalid = (pos + offs[None, :] >= steps)[:, None, None, :].expand(steps, n_head, 1, width)
-        mask = memory.new_zeros(steps, 2 * n_head, 1, width)
-        mask.masked_fill_(torch.cat([own_invalid, mem_invalid], dim=1), float("-inf"))
+        offs = np.arange(width)
+        pos = np.arange(steps)[:, None]
+        invalid = np.stack(
+            [
+                np.broadcast_to((offs[None, :] < band - pos)[:, None, None, :], (steps, n_head, 1, width)),
+                np.broadcast_to((pos + offs[None, :] >= steps)[:, None, None, :], (steps, n_head, 1, width)),
+            ],
+            axis=1,
+        )
+        mask = np.where(invalid, _F32(-np.inf), _F32(0.0)).astype(_F32)
+        # Only the steps whose window crosses an end need the mask.
+        masked = [bool(invalid[t].any()) for t in range(steps)]
 
-        eps = 1e-6
-        shape = (d_model,)
-        # Step 0 starts from the all-zero "go" frame: the first prenet layer sees zeros.
-        h = F.relu(self.prenet[0][1])
-        x = memory.new_empty(d_model)
         for t in range(steps):
+            # Step 0 starts from the all-zero "go" frame: the first prenet layer sees zeros.
+            h = pre[0]
             if t > 0:
-                h = torch.relu(torch.addmv(self.b_fb, self.w_fb, torch.layer_norm(x, shape, *self.ln, eps)))
-            for w, b in self.prenet[1:]:
-                h = torch.relu(torch.addmv(b, w, h))
-            x = torch.addmv(mem_in[t], self.w_pre, h)
-            for layer, (keys, values, own_k, own_v) in zip(self.layers, buffers, strict=True):
-                n_head, d_head = layer.n_head, layer.d_head
-                qqkv = torch.addmv(layer.b_qqkv, layer.w_qqkv, torch.layer_norm(x, shape, *layer.ln, eps))
-                qqkv = qqkv.view(4, n_head, d_head)
-                own_k.select(1, t + band).copy_(qqkv[2])
-                own_v.select(1, t + band).copy_(qqkv[3])
-                q = qqkv[:2].view(2 * n_head, 1, d_head)
-                scores = torch.baddbmm(mask[t], q, keys.narrow(2, t, width), alpha=layer.alpha)
-                att = torch.bmm(torch.softmax(scores, dim=-1), values.narrow(1, t, width))
-                x = torch.addmv(layer.b_fc, layer.w_fc, att.view(-1)) + x
-                ff = torch.relu(torch.addmv(layer.b_1, layer.w_1, torch.layer_norm(x, shape, *layer.ffn_ln, eps)))
-                x = torch.addmv(layer.b_2, layer.w_2, ff) + x
-            yield x
+                x = hidden[t - 1]
+                np.subtract(x, np.dot(ones, x) * inv_d, out=norm_in)
+                np.multiply(norm_in, 1.0 / math.sqrt(float(np.dot(norm_in, norm_in)) * inv_d + eps), out=norm_in)
+                np.dot(self.w_fb, normed, out=h[:-1])
+                np.maximum(h[:-1], 0.0, out=h[:-1])
+            else:
+                h[:-1] = self.h_go
+            for w, nxt in zip(self.prenet, pre[1:], strict=True):
+                np.dot(w, h, out=nxt[:-1])
+                np.maximum(nxt[:-1], 0.0, out=nxt[:-1])
+                h = nxt
+            x = hidden[t]
+            np.dot(self.w_pre, h[:-1], out=x)
+            x += mem_in[t]
+            for (w_qqkv, qqkv, q, k_v, own, keys, values, scores, top, att, att_num, att_den, heads_in, heads,
+                 w_fc, w_1, ffn, ffn_in, w_2) in layers:
+                np.subtract(x, np.dot(ones, x) * inv_d, out=norm_in)
+                np.multiply(norm_in, 1.0 / math.sqrt(float(np.dot(norm_in, norm_in)) * inv_d + eps), out=norm_in)
+                np.dot(w_qqkv, normed, out=qqkv)
+                own[t + band] = k_v
+                np.matmul(q, keys[..., t : t + width], out=scores)
+                if masked[t]:
+                    scores += mask[t]
+                np.max(scores, axis=-1, keepdims=True, out=top)
+                scores -= top
+                np.exp(scores, out=scores)
+                np.matmul(scores, values[:, :, t : t + width], out=att)
+                np.divide(att_num, att_den, out=heads_in)
+                x += w_fc @ heads
+                np.subtract(x, np.dot(ones, x) * inv_d, out=norm_in)
+                np.multiply(norm_in, 1.0 / math.sqrt(float(np.dot(norm_in, norm_in)) * inv_d + eps), out=norm_in)
+                np.dot(w_1, normed, out=ffn_in)
+                np.maximum(ffn_in, 0.0, out=ffn_in)
+                x += w_2 @ ffn
+            # A view of its row of ``hidden``, which later steps only read.
+            yield torch.from_numpy(x)
 
 
 def _pad_rows(x: Tensor, rows: int) -> Tensor:
