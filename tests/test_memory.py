@@ -47,3 +47,61 @@ def test_frontends_of_different_voices_share_one_jieba_dictionary() -> None:
     second = Frontend(frozenset(DEFAULT_PHONES), warm_up=False)
     assert first._segmenter is second._segmenter
     assert pinyin.shared_segmenter() is first._segmenter
+
+
+def test_packed_frequencies_answer_like_a_dict() -> None:
+    from tts_server.inference.frontend.wordfreq import PackedFrequencies
+
+    table = {"": 3, "中": 0, "中国": 10, "中国人": 5, "人": 7, "a": 2**40, "ab": -1}
+    packed = PackedFrequencies(table)
+    assert len(packed) == len(table)
+    assert list(packed) == sorted(table)
+    for key in [*table, "中国人民", "国", "b", "abc", "人中", "\U00020000"]:
+        assert (key in packed) == (key in table)
+        assert packed.get(key) == table.get(key)
+        assert packed.get(key, 9) == table.get(key, 9)
+    assert packed["中国"] == 10
+    with pytest.raises(KeyError):
+        packed["国"]
+    assert PackedFrequencies({}).get("x") is None
+
+
+def test_segmentation_with_the_packed_jieba_table_is_unchanged() -> None:
+    # The shared segmenter's jieba reads a PackedFrequencies; a stock tokenizer with jieba's own dict must agree on
+    # every entry and cut the same sentences the same way.
+    import random
+    import warnings
+    from pathlib import Path
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import jieba
+
+    segmenter = pinyin.shared_segmenter()
+    stock = jieba.Tokenizer()
+    stock.initialize()
+    assert len(segmenter._freq) == len(stock.FREQ)
+    assert all(segmenter._freq.get(word) == freq for word, freq in stock.FREQ.items())
+    data = Path(__file__).parent / "data" / "polyphones.tsv"
+    texts = [line.split("\t")[0].replace("\u2581", "") for line in data.read_text("utf-8").splitlines()
+             if line and not line.startswith("#")]
+    rng = random.Random(12)
+    words = [w for w, f in stock.FREQ.items() if f]
+    chars = sorted({c for w in words[:20000] for c in w})
+    texts += ["".join(rng.choice(words) for _ in range(8)) for _ in range(300)]  # dictionary words run together
+    texts += ["".join(rng.choice(chars) for _ in range(30)) for _ in range(300)]  # arbitrary runs (HMM paths)
+    for text in texts:
+        assert segmenter._tokenizer.lcut(text, HMM=True) == stock.lcut(text, HMM=True), text
+
+
+def test_neutral_lexicon_round_trip_is_the_table_built_from_the_data() -> None:
+    # _neutral_lexicon packs the table into one string and parses it back after the CC-CEDICT modules are freed
+    # (so its objects do not pin the data's allocator arenas); the result must be the table itself.
+    pinyin._neutral_lexicon.cache_clear()
+    table = pinyin._neutral_lexicon()
+    try:
+        assert table == pinyin._neutral_lexicon_from_cedict()
+    finally:
+        pinyin._drop_modules("pypinyin_dict.phrase_pinyin_data.cc_cedict")
+    assert len(table) > 2000
+    assert table["事情"] == ((1, "qing"),)
