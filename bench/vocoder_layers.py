@@ -9,7 +9,8 @@ is timed directly and by each candidate, interleaved, on 1 torch thread, keeping
 over the repeats (the machine is shared: wall time counts other jobs' time slices, CPU time does not). Each
 candidate's max abs error against the direct output is printed next to its speed ratio (direct time / its time).
 ``count`` is how many layers share the shape; the stage totals weigh each shape by it. ``engine`` is what the
-engine runs (``vocoder.fast_conv_for``).
+engine runs (``vocoder.fast_conv_for``), and ``ratio`` its speed against direct timed as the engine calls it (the
+causal padding written with the input, ``vocoder._fast_input``).
 
 Candidates: Winograd F(m, r) (Toom-Cook points 0, +-1, +-1/2, +-2, ... and infinity) for m in 2, 4, 6, and DFT
 overlap-save of size 16, 32, 64 with Gauss's 3-multiplication complex products.
@@ -31,21 +32,28 @@ from torch import Tensor
 from tts_server.inference.sambert.fastconv import BilinearConv
 from tts_server.inference.sambert.vocoder import (
     FAST_CONV_MIN_T,
+    _activate,
     _conv,
     _ConvPlan,
+    _with_fast,
     fast_conv_for,
 )
 
 REPO = Path(__file__).resolve().parents[1]
 PARITY = REPO.parent / "shared" / "reference" / "sambert-parity"
-WINOGRAD_TILES = (2, 4, 6)
+WINOGRAD_TILES = (2, 4, 6, 8)
 DFT_SIZES = (16, 32, 64)
 #: Toom-Cook beyond this many products loses float32 accuracy too fast to be worth timing.
-MAX_WINOGRAD_PRODUCTS = 12
+MAX_WINOGRAD_PRODUCTS = 14
 
 
 #: Table columns: Winograd F(m, k) for the layer's kernel length k, then DFT overlap-save sizes.
 COLUMNS = (*(f"F({m},k)" for m in WINOGRAD_TILES), *(f"DFT{n}" for n in DFT_SIZES))
+
+
+def _column(label: str, kernel: int) -> str:
+    """The table column of an algorithm's label (Winograd F(m, 7) is column F(m,k))."""
+    return label.replace(f",{kernel})", ",k)")
 
 
 def candidates(kernel: int) -> dict[str, Callable[[Tensor, Tensor | None, int], BilinearConv]]:
@@ -74,12 +82,14 @@ def record_layers(model_dir: Path, case: str) -> list[tuple[int, Tensor, _ConvPl
         mel = torch.from_numpy(data[f"{case}/postnet_outputs"])
     calls: list[tuple[int, Tensor, _ConvPlan]] = []
     stage = [0]  # 0: conv_pre; upsampling stage i is i + 1
-    upsampling = [id(kernel) for kernel, _ in plan.up]
+    upsampling = [id(p[0]) for p in plan.up]
 
-    def recorder(x: Tensor, p: _ConvPlan) -> Tensor:
+    def recorder(x: Tensor, p: _ConvPlan, slope: float | None, own: bool) -> Tensor:
         if id(p[0]) in upsampling:
             stage[0] = upsampling.index(id(p[0])) + 1  # the polyphase upsampling convolution opens a stage
-        calls.append((stage[0], x.clone(memory_format=torch.channels_last), p))
+        # The convolution's own input: after the activation that the engine fuses into it.
+        x = _activate(x.clone(memory_format=torch.channels_last), slope, True)
+        calls.append((stage[0], x, p))
         return _conv(x, p)
 
     with torch.inference_mode():
@@ -110,7 +120,7 @@ def layer_table(calls: list[tuple[int, Tensor, _ConvPlan]], repeats: int) -> Non
     print(f"torch {torch.__version__}, 1 thread, min CPU time of {repeats}; cells: speed ratio vs direct "
           "(>1 = faster) / max abs error vs direct")
     header = (f"{'stage':>5} {'C_in':>5} {'C_out':>5} {'k':>3} {'d':>2} {'T':>6} {'count':>5} {'direct ms':>9} "
-              + " ".join(f"{n:>14}" for n in names) + f" {'engine':>8}")
+              + " ".join(f"{n:>14}" for n in names) + f" {'engine':>8} {'ratio':>5}")
     print(header)
     print("-" * len(header))
     stage_direct: dict[int, float] = {}
@@ -125,7 +135,15 @@ def layer_table(calls: list[tuple[int, Tensor, _ConvPlan]], repeats: int) -> Non
             ref = direct.permute(0, 2, 3, 1).reshape(t, c_out)
             fns: dict[str, Callable[[], Tensor]] = {"direct": lambda x=x, p=p: _conv(x, p)}
             errors: dict[str, float] = {}
-            for name, make in candidates(k).items():
+            makers = candidates(k)
+            alg = fast_conv_for(c_in, c_out, k)
+            engine_name = "direct" if alg is None or t < FAST_CONV_MIN_T else _column(alg.label(k), k)
+            if engine_name != "direct":
+                # The engine's own call: the activation's output written into the padded tile buffer (see
+                # vocoder._fast_input), rather than the column's copy of the padded rows.
+                fast_plan = _with_fast(p, True)
+                fns["engine"] = lambda x=x, fast_plan=fast_plan: _conv(x, fast_plan)
+            for name, make in makers.items():
                 conv = make(weight, bias, dilation)
                 errors[name] = float((conv(rows) - ref).abs().max())
                 fns[name] = lambda conv=conv, rows=rows: conv(rows)
@@ -135,16 +153,15 @@ def layer_table(calls: list[tuple[int, Tensor, _ConvPlan]], repeats: int) -> Non
                     t0 = time.thread_time()
                     fn()
                     best[name] = min(best[name], time.thread_time() - t0)
-            size = fast_conv_for(c_in, c_out, k)
-            engine_name = f"DFT{size}" if size is not None and t >= FAST_CONV_MIN_T else "direct"
-            engine_s = best.get(engine_name, best["direct"])
+            engine_s = best["engine" if engine_name != "direct" else "direct"]
             stage_direct[stage] = stage_direct.get(stage, 0.0) + best["direct"] * len(members)
             stage_engine[stage] = stage_engine.get(stage, 0.0) + engine_s * len(members)
             cells = " ".join(
                 f"{best['direct'] / best[n]:>5.2f} /{errors[n]:>7.1e}" if n in best else f"{'-':>14}" for n in names
             )
             print(f"{stage:>5} {c_in:>5} {c_out:>5} {k:>3} {dilation:>2} {t:>6} {len(members):>5} "
-                  f"{best['direct'] * 1e3:>9.2f} {cells} {engine_name:>8}", flush=True)
+                  f"{best['direct'] * 1e3:>9.2f} {cells} {engine_name:>8} {best['direct'] / engine_s:>5.2f}",
+                  flush=True)
     print("\nconvolution time per stage (sum over layers), direct vs what the engine runs:")
     for stage in sorted(stage_direct):
         d, e = stage_direct[stage], stage_engine[stage]

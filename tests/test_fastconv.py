@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from tests.conftest import PARITY_DIR, unavailable
 from tts_server.config import load_settings
 from tts_server.inference.sambert.engine import load_sambert_engine
-from tts_server.inference.sambert.fastconv import BilinearConv, fourier_matrices, winograd_matrices
+from tts_server.inference.sambert.fastconv import Algorithm, BilinearConv, fourier_matrices, winograd_matrices
 from tts_server.inference.sambert.vocoder import (
     FAST_CONV_MIN_T,
     HifiGanConfig,
@@ -68,29 +68,46 @@ def _direct(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dilati
     return F.conv1d(rows.t()[None], weight, bias, dilation=dilation)[0].t()
 
 
-def _used_shapes() -> list[tuple[int, int, int, int]]:
-    shapes = [(c, k, d, size) for c in FULL_CHANNELS for k in FULL_KERNELS for d in FULL_DILATIONS
-              if (size := fast_conv_for(c, c, k)) is not None]
-    return shapes
+def _used_shapes() -> list[tuple[int, int, int, int, Algorithm]]:
+    """(C_in, C_out, kernel, dilation, algorithm) of every fast convolution of the full-size vocoder: the residual
+    blocks', and the polyphase upsampling convolutions where a rule would take them (256 -> 10 phases * 128, 2 taps;
+    128 -> 5 phases * 64, 3 taps)."""
+    blocks = [(c, c, k, d) for c in FULL_CHANNELS for k in FULL_KERNELS for d in FULL_DILATIONS]
+    return [(c_in, c_out, k, d, alg) for c_in, c_out, k, d in [*blocks, (256, 1280, 2, 1), (128, 320, 3, 1)]
+            if (alg := fast_conv_for(c_in, c_out, k)) is not None]
 
 
 def test_the_full_size_vocoder_uses_fast_convolutions() -> None:
-    assert len(_used_shapes()) >= 8
+    used = _used_shapes()
+    assert len(used) >= 8
 
 
-@pytest.mark.parametrize(("channels", "kernel", "dilation", "size"), _used_shapes())
-def test_fast_conv_equals_direct_for_every_used_shape(channels: int, kernel: int, dilation: int, size: int) -> None:
-    torch.manual_seed(channels * 1000 + kernel * 10 + dilation)
-    conv = torch.nn.Conv1d(channels, channels, kernel, dilation=dilation)  # the modules' default initialisation
+@pytest.mark.parametrize(("c_in", "c_out", "kernel", "dilation", "alg"), _used_shapes())
+def test_fast_conv_equals_direct_for_every_used_shape(c_in: int, c_out: int, kernel: int, dilation: int,
+                                                       alg: Algorithm) -> None:
+    torch.manual_seed(c_in * 1000 + kernel * 10 + dilation)
+    conv = torch.nn.Conv1d(c_in, c_out, kernel, dilation=dilation)  # the modules' default initialisation
     weight, bias = conv.weight.detach(), conv.bias.detach()
-    fast = BilinearConv.fourier(weight, bias, dilation, size)
+    fast = alg.build(weight, bias, dilation)
+    assert fast.name == alg.label(kernel)
+    assert fast.u.shape == (alg.products(kernel), c_in, c_out)
     for t in (FAST_CONV_MIN_T, 1337):
-        rows = torch.randn(t + (kernel - 1) * dilation, channels)
+        rows = torch.randn(t + (kernel - 1) * dilation, c_in)
         out = fast(rows)
-        assert out.shape == (t, channels)
-        assert float((out - _direct(rows, weight, bias, dilation)).abs().max()) <= 1e-5
-        # Blocks of a few tiles (one tile: the smallest) give the same result.
-        torch.testing.assert_close(fast(rows, chunk_bytes=1), out, rtol=0, atol=1e-6)
+        assert out.shape == (t, c_out)
+        direct = _direct(rows, weight, bias, dilation)
+        assert float((out - direct).abs().max()) <= 1e-5
+        # Blocks of a few tiles (one tile: the smallest) are as accurate; the orthogonal DFT gives the same result
+        # (Winograd's transforms amplify the GEMMs' blocking-dependent rounding, to a few 1e-6).
+        blocked = fast(rows, chunk_bytes=1)
+        assert float((blocked - direct).abs().max()) <= 1e-5
+        if alg.kind == "fourier":
+            torch.testing.assert_close(blocked, out, rtol=0, atol=1e-6)
+        # The caller's buffer with its zero tail (as the vocoder passes it) gives the same result as the copy.
+        padded = torch.cat([rows, rows.new_zeros(fast.rows_needed(t) - rows.shape[0], c_in)])
+        torch.testing.assert_close(fast(padded, t), out, rtol=0, atol=0)
+        with pytest.raises(ValueError, match="rows"):
+            fast(padded[:-1], t)
 
 
 @pytest.mark.parametrize(("m", "kernel", "dilation"), [(4, 3, 1), (4, 3, 5), (2, 7, 3)])
@@ -128,7 +145,7 @@ def one_thread() -> Iterator[None]:
 @pytest.mark.usefixtures("one_thread")
 def test_generator_fast_path_equals_direct_whole_and_streamed() -> None:
     gen = _generator()
-    mel = torch.randn(300, 20)
+    mel = torch.randn(600, 20)
     with torch.inference_mode():
         assert gen.use_fast_conv(False) == 0
         direct = gen(mel)
@@ -140,7 +157,7 @@ def test_generator_fast_path_equals_direct_whole_and_streamed() -> None:
         # fast convolutions sharing the carried causal state.
         stream = gen.stream()
         assert stream is not None
-        pieces = [stream.push(mel[a:b]) for a, b in ((0, 7), (7, 200), (200, 213), (213, 300))]
+        pieces = [stream.push(mel[a:b]) for a, b in ((0, 7), (7, 530), (530, 543), (543, 600))]
         assert float((torch.cat(pieces) - direct).abs().max()) <= 1e-5
         assert not torch.equal(fast, direct)  # the fast path really ran
 
@@ -161,7 +178,7 @@ def test_bf16_drops_the_fast_path() -> None:
     gen = _generator()
     assert gen._nwc is not None
     gen._nwc.to(torch.bfloat16)
-    assert all(c1[4] is None and c2[4] is None for block in gen._nwc.blocks for c1, c2 in block)
+    assert all(p[4] is None for p in gen._nwc.fast_plans())
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -174,7 +191,7 @@ def test_engine_keeps_fast_kernels_only_at_one_thread(threads: int) -> None:
                                                           "torch_threads": threads}))
         plan = engine._voices["zhitian_emo"].vocoder._nwc
         assert plan is not None
-        fast = sum((c1[4] is not None) + (c2[4] is not None) for block in plan.blocks for c1, c2 in block)
+        fast = sum(p[4] is not None for p in plan.fast_plans())
         # Stage 1 (128 channels) and stage 2 (64): kernels 7 and 11, 8 convolutions each.
         assert fast == (32 if threads == 1 else 0)
     finally:

@@ -26,7 +26,9 @@ transform is one more GEMM; all in blocks of tiles small enough to stay in the c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from fractions import Fraction
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -114,6 +116,28 @@ def fourier_matrices(n: int, r: int) -> tuple[Tensor, Tensor, Tensor]:
     return at, g, bt
 
 
+@dataclass(frozen=True)
+class Algorithm:
+    """A fast algorithm for one convolution: Winograd F(``size``, r) (``size`` outputs per tile) or DFT
+    overlap-save of size ``size``."""
+
+    kind: Literal["winograd", "fourier"]
+    size: int
+
+    def label(self, kernel: int) -> str:
+        """The name ``BilinearConv`` gives it for a kernel of ``kernel`` taps."""
+        return f"F({self.size},{kernel})" if self.kind == "winograd" else f"DFT{self.size}"
+
+    def products(self, kernel: int) -> int:
+        """Channel-mixing products per tile: the transformed kernel holds this many [C_in, C_out] matrices."""
+        return self.size + kernel - 1 if self.kind == "winograd" else 3 * self.size // 2 - 1
+
+    def build(self, weight: Tensor, bias: Tensor | None, dilation: int) -> BilinearConv:
+        if self.kind == "winograd":
+            return BilinearConv.winograd(weight, bias, dilation, self.size)
+        return BilinearConv.fourier(weight, bias, dilation, self.size)
+
+
 class BilinearConv:
     """A valid dilated correlation with weight ``[C_out, C_in, r]`` on ``[T + (r - 1) d, C_in]`` row-major inputs
     (channels-last, time-major), giving ``[T, C_out]``, by ``Y = A^T [(G W) (B^T X)]`` per tile of ``m``
@@ -148,17 +172,30 @@ class BilinearConv:
     #: core's L2 cache (1-2 MiB), large enough that the per-call overhead stays small.
     chunk_bytes = 1 << 20
 
-    def __call__(self, xp: Tensor, chunk_bytes: int | None = None) -> Tensor:
+    def tiles(self, t: int) -> int:
+        """Output tiles per lattice for ``t`` outputs."""
+        return -(-t // (self.m * self.dilation))
+
+    def rows_needed(self, t: int) -> int:
+        """Input rows the tiles of ``t`` outputs read: the ``(r - 1) d`` rows of context, the ``t`` rows, and zeros
+        up to the end of the last tile."""
+        return ((self.tiles(t) - 1) * self.m + self.window) * self.dilation
+
+    def __call__(self, xp: Tensor, t: int | None = None, chunk_bytes: int | None = None) -> Tensor:
         """``xp`` [T + (r - 1) d, C_in] (contiguous) -> [T, C_out], in blocks of output tiles whose transformed
-        inputs take about ``chunk_bytes`` (default: the class's)."""
+        inputs take about ``chunk_bytes`` (default: the class's). With ``t`` given, ``xp`` holds at least
+        ``rows_needed(t)`` rows (the caller wrote the zero tail, e.g. beside its activation: no copy here)."""
         if chunk_bytes is None:
             chunk_bytes = self.chunk_bytes
         m, d, c = self.m, self.dilation, self.c_in
-        t = xp.shape[0] - (self.r - 1) * d
-        n = -(-t // (m * d))  # output tiles per lattice
-        need = ((n - 1) * m + self.window) * d
-        if need > xp.shape[0]:
-            xp = torch.cat([xp, xp.new_zeros(need - xp.shape[0], c)])
+        if t is None:
+            t = xp.shape[0] - (self.r - 1) * d
+            need = self.rows_needed(t)
+            if need > xp.shape[0]:
+                xp = torch.cat([xp, xp.new_zeros(need - xp.shape[0], c)])
+        elif xp.shape[0] < self.rows_needed(t):
+            raise ValueError(f"{self.name}: {t} outputs read {self.rows_needed(t)} rows, got {xp.shape[0]}")
+        n = self.tiles(t)
         out = xp.new_empty(n * m * d, self.c_out)
         block = max(1, chunk_bytes // (self.p * d * max(c, self.c_out) * xp.element_size()))
         for n0 in range(0, n, block):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tts_server.inference.engine import EngineLoadError
-from tts_server.inference.sambert.fastconv import BilinearConv
+from tts_server.inference.sambert.fastconv import Algorithm, BilinearConv
 from tts_server.inference.sambert.loader import load_strict
 
 
@@ -247,8 +247,8 @@ class HifiGanGenerator(nn.Module):
         return True
 
     def use_fast_conv(self, enabled: bool) -> int:
-        """Run the residual blocks' wide long-kernel convolutions by DFT overlap-save (``fast_conv_for``) or all
-        of them directly; returns how many convolutions take the fast path (0 without the causal fp32 fast
+        """Run the wide convolutions by their fast algorithm (``fast_conv_for``: Winograd or DFT overlap-save) or
+        all of them directly; returns how many convolutions take the fast path (0 without the causal fp32 fast
         path)."""
         if self._nwc is None:
             return 0
@@ -300,21 +300,29 @@ class HifiGanGenerator(nn.Module):
 #: (weight [C_out, C_in, 1, k] channels-last, bias, dilation, causal left padding, fast algorithm or None)
 _ConvPlan = tuple[Tensor, Tensor | None, int, int, BilinearConv | None]
 
-#: Where DFT overlap-save (``BilinearConv.fourier``) beats oneDNN's direct convolution on one core, measured per
-#: layer by ``bench/vocoder_layers.py`` (AVX-512, fp32): kernel length -> (fewest channels, DFT size). Kernel 3
-#: and narrower layers stay direct (the transforms cost more than the products they save); so do short signals
-#: (below ``FAST_CONV_MIN_T`` samples, e.g. small streaming chunks), where the per-call overhead dominates. With
-#: more than ``FAST_CONV_MAX_THREADS`` torch threads everything runs direct: oneDNN's convolution scales with
-#: threads, the fast path's small per-block GEMMs and copies do not (2 threads: 0.97x of direct, measured).
-FAST_CONV: dict[int, tuple[int, int]] = {7: (64, 16), 11: (64, 32)}
+#: The fast algorithm per convolution shape, chosen layer by layer from ``bench/vocoder_layers.py`` (one core, AVX-512,
+#: fp32): kernel length -> ((fewest channels, algorithm), ...), the first rule whose channel bound
+#: ``min(C_in, C_out)`` meets wins; the residual blocks' and the upsampling convolutions alike. DFT overlap-save for
+#: kernels 7 and 11 from 64 channels (1.3-2.1x). Not taken, measured: Winograd F(8, 7) for kernel 7 (1.6-2.2x, but
+#: it errs by 2e-5 to 3e-4 on unit-scale signals, 30-300x direct's float32 rounding; F(4, 7) and F(6, 7) likewise);
+#: Winograd F(4, 3) for kernel 3 at 128 channels (1.2-1.35x per layer, no gain measurable over the whole vocoder,
+#: +3.9 MiB of transformed kernels, and 10x direct's rounding); DFT32 for kernel 11 at 32 channels (1.05-1.15x).
+#: Narrower layers, and short signals (below ``FAST_CONV_MIN_T`` samples, e.g. small streaming chunks, where the
+#: per-call overhead dominates), stay direct: the transforms cost more than the products they save. With more than
+#: ``FAST_CONV_MAX_THREADS`` torch threads everything runs direct: oneDNN's convolution scales with threads, the fast
+#: path's small per-block GEMMs and copies do not (2 threads: 0.97x of direct, measured).
+FAST_CONV: dict[int, tuple[tuple[int, Algorithm], ...]] = {
+    7: ((64, Algorithm("fourier", 16)),),
+    11: ((64, Algorithm("fourier", 32)),),
+}
 FAST_CONV_MIN_T = 512
 FAST_CONV_MAX_THREADS = 1
 
 
-def fast_conv_for(c_in: int, c_out: int, kernel: int) -> int | None:
-    """The DFT size the engine uses for this convolution shape, or None (direct)."""
-    rule = FAST_CONV.get(kernel)
-    return rule[1] if rule is not None and min(c_in, c_out) >= rule[0] else None
+def fast_conv_for(c_in: int, c_out: int, kernel: int) -> Algorithm | None:
+    """The fast algorithm the engine uses for this convolution shape, or None (direct)."""
+    channels = min(c_in, c_out)
+    return next((alg for fewest, alg in FAST_CONV.get(kernel, ()) if channels >= fewest), None)
 
 
 def _conv_plan(conv: Conv) -> _ConvPlan:
@@ -327,8 +335,8 @@ def _conv_plan(conv: Conv) -> _ConvPlan:
 def _with_fast(plan: _ConvPlan, enabled: bool) -> _ConvPlan:
     weight, bias, dilation, left, _ = plan
     c_out, c_in, _, k = weight.shape
-    size = fast_conv_for(c_in, c_out, k) if enabled and weight.dtype == torch.float32 else None
-    fast = None if size is None else BilinearConv.fourier(weight[:, :, 0, :], bias, dilation, size)
+    alg = fast_conv_for(c_in, c_out, k) if enabled and weight.dtype == torch.float32 else None
+    fast = None if alg is None else alg.build(weight[:, :, 0, :], bias, dilation)
     return weight, bias, dilation, left, fast
 
 
@@ -341,21 +349,59 @@ def _rows(x: Tensor) -> Tensor:
     return x.permute(0, 2, 3, 1).reshape(x.shape[-1], x.shape[1])
 
 
-def _valid(x: Tensor, plan: _ConvPlan) -> Tensor:
-    """Valid convolution of a [1, C, 1, left + T] channels-last signal (its first ``left`` samples are the causal
-    past) -> [1, C_out, 1, T] channels-last."""
-    weight, bias, dilation, left, fast = plan
-    if fast is not None and x.shape[-1] - left >= FAST_CONV_MIN_T and _fast_threads():
-        return fast(_rows(x).contiguous()).t()[None, :, None, :]
-    return F.conv2d(x, weight, bias, dilation=(1, dilation))
+def _nwc(rows: Tensor) -> Tensor:
+    """[T, C] -> channels-last [1, C, 1, T] with the canonical strides (so that e.g. ``torch.cat`` keeps the
+    layout): a view of the same memory where ``rows`` is contiguous."""
+    rows = rows.contiguous()
+    t, c = rows.shape
+    return rows.as_strided((1, c, 1, t), (t * c, 1, t * c, c))
 
 
-def _conv(x: Tensor, plan: _ConvPlan) -> Tensor:
-    """Causal convolution of a [1, C, 1, T] channels-last signal: pad both sides, keep the first T outputs."""
+def _activate(x: Tensor, slope: float | None, own: bool) -> Tensor:
+    """Leaky ReLU of ``x`` (in place when the caller gives ``x`` up: ``own``), or ``x`` itself without a slope."""
+    if slope is None:
+        return x
+    return F.leaky_relu_(x, slope) if own else F.leaky_relu(x, slope)
+
+
+def _fast_input(x: Tensor, slope: float | None, left: int, fast: BilinearConv, past: Tensor | None) -> Tensor:
+    """The fast algorithm's input rows for the [1, C, 1, T] signal ``x``: ``left`` rows of causal past (``past``
+    [left, C], or zeros), the activated signal, zeros to the end of the last tile. The activation writes straight
+    into the buffer, so the padding costs no extra pass over the signal."""
+    rows = _rows(x)
+    t, c = rows.shape
+    buf = rows.new_empty(fast.rows_needed(t), c)
+    if past is None:
+        buf[:left].zero_()
+    else:
+        buf[:left].copy_(past)
+    buf[left + t :].zero_()
+    body = buf[left : left + t]
+    if slope is None:
+        body.copy_(rows)
+    else:
+        torch.ops.aten.leaky_relu.out(rows, slope, out=body)
+    return buf
+
+
+def _takes_fast(plan: _ConvPlan, t: int) -> bool:
+    return plan[4] is not None and t >= FAST_CONV_MIN_T and _fast_threads()
+
+
+def _conv(x: Tensor, plan: _ConvPlan, slope: float | None = None, own: bool = False) -> Tensor:
+    """Causal convolution of the leaky ReLU (``slope``; none without) of a [1, C, 1, T] channels-last signal
+    -> [1, C_out, 1, T] channels-last. ``own``: the caller gives ``x`` up (it may be overwritten)."""
     weight, bias, dilation, left, fast = plan
-    if fast is not None and x.shape[-1] >= FAST_CONV_MIN_T and _fast_threads():
-        return fast(F.pad(_rows(x), (0, 0, left, 0))).t()[None, :, None, :]
-    return F.conv2d(x, weight, bias, padding=(0, left), dilation=(1, dilation))[..., : x.shape[-1]]
+    t = x.shape[-1]
+    if fast is not None and _takes_fast(plan, t):
+        return _nwc(fast(_fast_input(x, slope, left, fast, None), t))
+    x = _activate(x, slope, own)
+    return F.conv2d(x, weight, bias, padding=(0, left), dilation=(1, dilation))[..., :t]
+
+
+#: ``conv(x, plan, slope, own)``: the causal convolution of ``leaky_relu(x, slope)`` (of ``x`` itself when ``slope``
+#: is None); ``own``: ``x`` may be overwritten.
+ConvFn = Callable[[Tensor, _ConvPlan, float | None, bool], Tensor]
 
 
 class _NwcPlan:
@@ -369,7 +415,10 @@ class _NwcPlan:
         self.n_kernels = len(cfg.resblock_kernel_sizes)
         self.pre = _conv_plan(gen.conv_pre)
         self.post = _conv_plan(gen.conv_post)
-        self.up = [_polyphase(k, b, s) for (k, b), s in zip(fused, self.scales, strict=True)]
+        self.up: list[_ConvPlan] = []
+        for (kernel, bias), scale in zip(fused, self.scales, strict=True):
+            weight, phase_bias = _polyphase(kernel, bias, scale)
+            self.up.append((weight, phase_bias, 1, weight.shape[-1] - 1, None))
         self.blocks = [
             [(_conv_plan(c1), _conv_plan(c2)) for c1, c2 in zip(b.convs1, b.convs2, strict=True)]  # type: ignore[arg-type]
             for b in gen._blocks
@@ -377,10 +426,15 @@ class _NwcPlan:
         self.set_fast(True)
 
     def set_fast(self, enabled: bool) -> int:
-        """Give each residual-block convolution its fast algorithm (``fast_conv_for``), or none; returns the
-        count of fast ones."""
+        """Give each residual-block and upsampling convolution its fast algorithm (``fast_conv_for``), or none;
+        returns the count of fast ones."""
+        self.up = [_with_fast(p, enabled) for p in self.up]
         self.blocks = [[(_with_fast(c1, enabled), _with_fast(c2, enabled)) for c1, c2 in b] for b in self.blocks]
-        return sum((c1[4] is not None) + (c2[4] is not None) for b in self.blocks for c1, c2 in b)
+        return sum(p[4] is not None for p in self.fast_plans())
+
+    def fast_plans(self) -> list[_ConvPlan]:
+        """Every convolution that may take a fast algorithm (upsampling, then residual blocks)."""
+        return [*self.up, *(p for b in self.blocks for pair in b for p in pair)]
 
     def to(self, dtype: torch.dtype) -> None:
         def cast(plan: _ConvPlan) -> _ConvPlan:
@@ -390,21 +444,20 @@ class _NwcPlan:
         self.dtype = dtype
         self.pre = cast(self.pre)
         self.post = cast(self.post)
-        self.up = [(kernel.to(dtype), bias.to(dtype)) for kernel, bias in self.up]
+        self.up = [cast(p) for p in self.up]
         self.blocks = [[(cast(c1), cast(c2)) for c1, c2 in block] for block in self.blocks]
 
-    def run(self, mel: Tensor, conv: Callable[[Tensor, _ConvPlan], Tensor] = _conv) -> Tensor:
-        """``mel`` [frames, mels] -> waveform [frames * hop]. ``conv`` runs every convolution in order (the
-        streaming path passes one that carries each convolution's past input between chunks)."""
+    def run(self, mel: Tensor, conv: ConvFn = _conv) -> Tensor:
+        """``mel`` [frames, mels] -> waveform [frames * hop]. ``conv`` runs every convolution in order, each on
+        the leaky ReLU of its input where a slope is given (the streaming path passes one that carries each
+        convolution's past input between chunks)."""
         slope = self.slope
         # [frames, mels] transposed is already the channels-last memory layout of [1, mels, 1, frames].
-        x = conv(mel.to(self.dtype).t()[None, :, None, :], self.pre)
+        x = conv(mel.to(self.dtype).t()[None, :, None, :], self.pre, None, False)
         for i, scale in enumerate(self.scales):
             x = torch.sin(x).add_(x)
-            act = F.leaky_relu(x, slope)
-            kernel, bias = self.up[i]
-            length = act.shape[-1]
-            phases = conv(act, (kernel, bias, 1, kernel.shape[-1] - 1, None))
+            length = x.shape[-1]
+            phases = conv(x, self.up[i], slope, True)
             # Channels-last memory of [1, scale * C, 1, T] with channels ordered (phase, channel) is exactly that
             # of [1, C, 1, T * scale]: interleaving the phases is a view.
             x = phases.permute(0, 2, 3, 1).reshape(1, 1, length * scale, -1).permute(0, 3, 1, 2)
@@ -412,12 +465,12 @@ class _NwcPlan:
             for block in self.blocks[i * self.n_kernels : (i + 1) * self.n_kernels]:
                 y = x
                 for c1, c2 in block:
-                    yt = conv(F.leaky_relu(y, slope), c1)
-                    y = conv(F.leaky_relu_(yt, slope), c2).add_(y)
+                    yt = conv(y, c1, slope, False)
+                    y = conv(yt, c2, slope, True).add_(y)
                 xs = y if xs is None else xs.add_(y)
             assert xs is not None
             x = xs.div_(self.n_kernels)
-        x = conv(F.leaky_relu(x), self.post)
+        x = conv(x, self.post, 0.01, True)  # F.leaky_relu's default slope, as the reference has it
         return torch.tanh(x).reshape(-1).float()
 
 
@@ -443,17 +496,27 @@ class VocoderStream:
         self._index = 0
         return self._plan.run(mel, self._conv)
 
-    def _conv(self, x: Tensor, plan: _ConvPlan) -> Tensor:
-        left = plan[3]
+    def _conv(self, x: Tensor, plan: _ConvPlan, slope: float | None, own: bool) -> Tensor:
+        weight, bias, dilation, left, fast = plan
         i = self._index
         self._index += 1
         if i == len(self._caches):
-            self._caches.append(x.new_zeros(*x.shape[:-1], left) if left else None)
-        past = self._caches[i]
+            self._caches.append(_nwc(x.new_zeros(left, x.shape[1])) if left else None)
+        past = self._caches[i]  # [1, C, 1, left] channels-last: the last (activated) inputs of the chunks before
+        t = x.shape[-1]
+        if fast is not None and _takes_fast(plan, t):
+            buf = _fast_input(x, slope, left, fast, None if past is None else _rows(past))
+            out = _nwc(fast(buf, t))
+            seen = buf[: left + t]
+        else:
+            xa = _activate(x, slope, own)
+            if past is not None:
+                xa = torch.cat([past, xa], dim=-1)
+            out = F.conv2d(xa, weight, bias, dilation=(1, dilation))
+            seen = _rows(xa)
         if past is not None:
-            x = torch.cat([past, x], dim=-1)
-            self._caches[i] = x[..., x.shape[-1] - left :].contiguous(memory_format=torch.channels_last)
-        return _valid(x, plan)
+            self._caches[i] = _nwc(seen[seen.shape[0] - left :].clone(memory_format=torch.contiguous_format))
+        return out
 
 
 def _native_bf16() -> bool:
