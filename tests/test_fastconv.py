@@ -57,6 +57,16 @@ def test_fourier_matrices_compute_the_correlation(n: int, r: int) -> None:
         torch.testing.assert_close(at @ ((g @ w) * (bt @ x)), _correlate(x, w, m), rtol=0, atol=1e-9)
 
 
+def test_fourier_adds_the_gauss_rows() -> None:
+    """DFT16: the GEMM makes the 16 real and imaginary rows, the 7 rows Xr + Xi are added; not so for wrong sums."""
+    weight = torch.randn(4, 3, 7)
+    fast = BilinearConv.fourier(weight, None, 1, 16)
+    assert fast.bt.shape == (16, 16)
+    assert fast.sums == (7, 1, 9)
+    with pytest.raises(ValueError, match="sums"):
+        BilinearConv(weight, None, 1, fourier_matrices(16, 7), "DFT16", (7, 1, 8))
+
+
 def test_fourier_rejects_a_size_below_the_kernel() -> None:
     with pytest.raises(ValueError, match="DFT size"):
         fourier_matrices(8, 11)

@@ -17,7 +17,8 @@ by about 5e-5 on unit-scale inputs).
 
 ``fourier_matrices`` gives the same kind of algorithm from a real DFT of size ``n`` (overlap-save): orthogonal, so
 accurate at any tile size, with complex products per bin, which Gauss's three-multiplication trick turns into
-``3 n / 2 - 1`` real products per ``n - r + 1`` outputs.
+``3 n / 2 - 1`` real products per ``n - r + 1`` outputs; the input transform takes ``n`` GEMM rows (the real and
+imaginary parts), the Gauss sums ``Xr + Xi`` come from one addition.
 
 ``BilinearConv`` runs any of them on channels-last [T, C] signals: the tiles of every lattice are unfolded and
 transformed by one GEMM, each transform row's [C_in, C_out] product is one batch of a ``bmm``, and the output
@@ -141,10 +142,12 @@ class Algorithm:
 class BilinearConv:
     """A valid dilated correlation with weight ``[C_out, C_in, r]`` on ``[T + (r - 1) d, C_in]`` row-major inputs
     (channels-last, time-major), giving ``[T, C_out]``, by ``Y = A^T [(G W) (B^T X)]`` per tile of ``m``
-    outputs on each of the ``d`` lattices. ``name`` says which algorithm (for tables and logs)."""
+    outputs on each of the ``d`` lattices. ``name`` says which algorithm (for tables and logs). ``sums``
+    ``(count, first, second)``: the last ``count`` rows of ``B^T`` are rows ``first + i`` plus rows ``second + i``
+    (DFT: Gauss's ``Xr + Xi``), so they are added from the transformed rows instead of multiplied out."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None, dilation: int,
-                 matrices: tuple[Tensor, Tensor, Tensor], name: str) -> None:
+                 matrices: tuple[Tensor, Tensor, Tensor], name: str, sums: tuple[int, int, int] = (0, 0, 0)) -> None:
         at, g, bt = matrices
         c_out, c_in, r = weight.shape
         if g.shape[1] != r:
@@ -156,7 +159,12 @@ class BilinearConv:
         # U[k] = sum_j G[k, j] W_j^T: [p, C_in, C_out]
         self.u = torch.einsum("kj,oij->kio", g, weight.detach().double()).to(dtype).contiguous()
         self.at = at.to(dtype)
-        self.bt = bt.to(dtype)
+        count, first, second = sums
+        if count and not torch.allclose(bt[self.p - count :], bt[first : first + count] + bt[second : second + count],
+                                        rtol=0, atol=1e-12):
+            raise ValueError(f"{name}: the last {count} rows of B^T are not the sums of rows from {first} and {second}")
+        self.sums = sums
+        self.bt = bt[: self.p - count].to(dtype).contiguous()
         self.bias = None if bias is None else bias.detach().to(dtype)
 
     @classmethod
@@ -166,7 +174,10 @@ class BilinearConv:
 
     @classmethod
     def fourier(cls, weight: Tensor, bias: Tensor | None, dilation: int, n: int) -> BilinearConv:
-        return cls(weight, bias, dilation, fourier_matrices(n, weight.shape[-1]), f"DFT{n}")
+        # The Gauss rows cos - sin = the real part's row + the imaginary part's (see fourier_matrices): a third of
+        # the forward GEMM's rows become one addition.
+        h = n // 2
+        return cls(weight, bias, dilation, fourier_matrices(n, weight.shape[-1]), f"DFT{n}", (h - 1, 1, h + 1))
 
     #: Bytes of transformed input per block of tiles: small enough for the block's intermediates to stay in a
     #: core's L2 cache (1-2 MiB), large enough that the per-call overhead stays small.
@@ -208,7 +219,12 @@ class BilinearConv:
         # tiles[i, res, tile, :] = xp[((n0 + tile) * m + i) * d + res]: unfolded to [window, d * n * C] (a copy)
         # and transformed by one GEMM.
         tiles = xp.as_strided((w, d, n, c), (d * c, c, m * d * c, 1), n0 * m * d * c)
-        v = torch.mm(self.bt, tiles.reshape(w, d * n * c))
+        count, first, second = self.sums
+        rows = self.p - count
+        v = xp.new_empty(self.p, d * n * c)
+        torch.mm(self.bt, tiles.reshape(w, d * n * c), out=v[:rows])
+        if count:
+            torch.add(v[first : first + count], v[second : second + count], out=v[rows:])
         prod = torch.bmm(v.view(self.p, d * n, c), self.u)  # [p, d * n, C_out]
         # Output row (tile, j, res) is time ((n0 + tile) * m + j) * d + res.
         y = torch.mm(self.at, prod.view(self.p, -1)).view(m, d, n, self.c_out).permute(2, 0, 1, 3)
