@@ -845,11 +845,8 @@ class _PncaLayer:
         self.n_head, self.d_head = attn.n_head, attn.d_head
         hd = attn.n_head * attn.d_head
         w, b = _fold_ln(_np(attn.w_x_qkv.weight), _np(attn.w_x_qkv.bias), attn.layer_norm)
-        # The query is emitted twice (q, q, k, v): one copy per attention (own past, memory), so that both run as
-        # a single batched attention over 2 * n_head heads.
         alpha = 1.0 / math.sqrt(attn.d_head)
-        self.w_qqkv = _with_bias(np.concatenate([w[:hd] * alpha, w[:hd] * alpha, w[hd:]]),
-                                 np.concatenate([b[:hd] * alpha, b[:hd] * alpha, b[hd:]]))
+        self.w_qkv = _with_bias(np.concatenate([w[:hd] * alpha, w[hd:]]), np.concatenate([b[:hd] * alpha, b[hd:]]))
         self.w_h_kv = (attn.w_h_kv.weight.detach(), attn.w_h_kv.bias.detach())
         self.w_fc = _with_bias(np.concatenate([_np(attn.fc_x.weight), _np(attn.fc_h.weight)], axis=1),
                                _np(attn.fc_x.bias) + _np(attn.fc_h.bias))
@@ -904,11 +901,11 @@ class _DecoderPlan:
         self.h_go = np.maximum(b_p1, 0).astype(_F32)
         # All the step's matrices in one allocation, in the order a step reads them.
         mats = _pack([self.w_fb, *self.prenet, self.w_pre,
-                      *(w for layer in self.layers for w in (layer.w_qqkv, layer.w_fc, layer.w_1, layer.w_2))])
+                      *(w for layer in self.layers for w in (layer.w_qkv, layer.w_fc, layer.w_1, layer.w_2))])
         self.w_fb, self.w_pre = mats[0], mats[len(self.prenet) + 1]
         self.prenet = mats[1 : len(self.prenet) + 1]
         for i, layer in enumerate(self.layers):
-            layer.w_qqkv, layer.w_fc, layer.w_1, layer.w_2 = mats[len(self.prenet) + 2 + 4 * i :][:4]
+            layer.w_qkv, layer.w_fc, layer.w_1, layer.w_2 = mats[len(self.prenet) + 2 + 4 * i :][:4]
 
     def run(self, memory: Tensor, band: int) -> Tensor:
         """``memory``: [S, d_mem] -> decoder output [S, r * num_mels]."""
@@ -945,13 +942,15 @@ class _DecoderPlan:
             kv[:, :, 1, :, d_head] = 1.0
             hkv = F.linear(memory, *layer.w_h_kv).reshape(steps, 2, n_head, d_head).numpy()
             kv[:steps, 1, :, :, :d_head] = hkv
-            qqkv = np.empty(layer.w_qqkv.shape[0], _F32)
+            qkv = np.empty(layer.w_qkv.shape[0], _F32)
             att = np.empty((2, n_head, 1, d_head + 1), _F32)
             heads = np.ones(layer.w_fc.shape[1], _F32)
             ffn = np.ones(layer.w_1.shape[0] + 1, _F32)
             layers.append((
-                layer.w_qqkv, qqkv, qqkv[: 2 * n_head * d_head].reshape(2, n_head, 1, d_head),
-                qqkv[2 * n_head * d_head :].reshape(2, n_head, d_head), kv[:, 0, :, :, :d_head],
+                # One query for both groups (own past, memory): the attention's product broadcasts it, so that
+                # both attentions run as one batched product over 2 * n_head heads.
+                layer.w_qkv, qkv, qkv[: n_head * d_head].reshape(1, n_head, 1, d_head),
+                qkv[n_head * d_head :].reshape(2, n_head, d_head), kv[:, 0, :, :, :d_head],
                 kv[:, :, 0, :, :d_head].transpose(1, 2, 3, 0), kv[:, :, 1].transpose(1, 2, 0, 3),
                 np.empty((2, n_head, 1, width), _F32), np.empty((2, n_head, 1, 1), _F32), att,
                 att[..., :d_head], att[..., d_head:], heads[:-1].reshape(2, n_head, 1, d_head), heads,
@@ -989,11 +988,11 @@ class _DecoderPlan:
             x = hidden[t]
             np.dot(self.w_pre, h[:-1], out=x)
             x += mem_in[t]
-            for (w_qqkv, qqkv, q, k_v, own, keys, values, scores, top, att, att_num, att_den, heads_in, heads,
+            for (w_qkv, qkv, q, k_v, own, keys, values, scores, top, att, att_num, att_den, heads_in, heads,
                  w_fc, w_1, ffn, ffn_in, w_2) in layers:
                 np.subtract(x, np.dot(ones, x) * inv_d, out=norm_in)
                 np.multiply(norm_in, 1.0 / math.sqrt(float(np.dot(norm_in, norm_in)) * inv_d + eps), out=norm_in)
-                np.dot(w_qqkv, normed, out=qqkv)
+                np.dot(w_qkv, normed, out=qkv)
                 own[t + band] = k_v
                 np.matmul(q, keys[..., t : t + width], out=scores)
                 if masked[t]:
