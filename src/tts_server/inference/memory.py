@@ -3,15 +3,16 @@
 A worker's footprint is mostly torch, the model and the frontend's tables, but glibc's allocator and oneDNN add a
 long tail on top that grows with the variety of requests rather than with the load:
 
-- glibc serves large requests (a sentence's mel and waveform tensors, tens of MB for long sentences) from its heaps
-  once its dynamic mmap threshold has crept up, and a freed block in the middle of a heap is kept by the process.
-  Fixing the threshold at 128 KiB sends such buffers straight to ``mmap`` (returned to the kernel on free), and
-  ``malloc_trim`` after a job gives back what the heaps still hold.
+- glibc keeps freed blocks in its heaps (a sentence's mel and waveform tensors, tens of MB for long sentences) for
+  the next job. ``malloc_trim`` after warm-up and whenever the worker goes idle gives the free pages back.
+  Fixing the mmap threshold at 128 KiB instead (so large tensors are unmapped on free) left the same memory after a
+  job but cost ~1.7x the CPU per synthesis: every large tensor became an mmap, page faults on fresh zeroed pages
+  and an munmap, where the heap would have reused warm pages (``bench/memory.py``).
 - oneDNN caches one compiled primitive per distinct convolution shape, and sequence lengths make most shapes
-  distinct; its default capacity (1024) keeps about 120 MB of them. The capacity is read from the environment when
-  torch loads, so the worker sets it before the first ``import torch``.
+  distinct (≈ 0.7 MiB each, ≈ 45 per sentence length). The capacity is read from the environment when torch
+  loads, so the worker sets it before the first ``import torch``.
 
-Both are best effort: on a libc without these calls (musl, macOS) the functions report False and nothing changes.
+Both are best effort: on a libc without ``malloc_trim`` (musl, macOS) the call reports False and nothing changes.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ import os
 
 log = logging.getLogger("tts_server.worker")
 
-_M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
-_MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's initial value; fixing it stops the dynamic increase
 _ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
 
 
@@ -41,14 +40,6 @@ def _libc() -> ctypes.CDLL | None:
 def limit_primitive_cache(capacity: int) -> None:
     """Cap oneDNN's primitive cache; must run before torch is imported in this process to take effect."""
     os.environ[_ONEDNN_CACHE_ENV] = str(capacity)
-
-
-def pin_mmap_threshold() -> bool:
-    """Serve allocations of 128 KiB and more with mmap for the rest of the process's life."""
-    libc = _libc()
-    if libc is None or not hasattr(libc, "mallopt"):
-        return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES))
 
 
 def release_free_memory() -> bool:

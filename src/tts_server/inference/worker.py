@@ -24,7 +24,7 @@ from tts_server.config import Settings
 from tts_server.inference.engine import EngineError, SupportsLexicon, Synthesis
 from tts_server.inference.lexicon import LexiconError, read_file
 from tts_server.inference.loading import load_engine
-from tts_server.inference.memory import limit_primitive_cache, pin_mmap_threshold, release_free_memory
+from tts_server.inference.memory import limit_primitive_cache, release_free_memory
 from tts_server.inference.messages import (
     Cancel,
     Cancelled,
@@ -56,8 +56,6 @@ def worker_main(conn: Connection, settings: Settings, slot: int) -> None:
     started = time.perf_counter()
     release = settings.pool.release_memory
     limit_primitive_cache(settings.pool.onednn_primitive_cache)  # before torch loads: it reads this once
-    if release:
-        pin_mmap_threshold()
     try:
         engine = load_engine(settings)
         engine.warm_up()
