@@ -9,13 +9,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from tests.tinymodel import build_tiny_model_dir
 from tts_server.config import load_settings
-from tts_server.inference.sambert.acoustic import HybridAttentionDecoder, PNCABlock, SambertModel
+from tts_server.inference.sambert.acoustic import HybridAttentionDecoder, PNCABlock, SambertModel, _pack
 from tts_server.inference.sambert.engine import load_sambert_engine
 
 
@@ -97,3 +98,30 @@ def test_duration_predictor_matches_lstm_module(model: SambertModel) -> None:
             x = F.relu(dp.fc(out)).reshape(1, 1)
             expected.append(x[0, 0])
     torch.testing.assert_close(got, torch.stack(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_pack_keeps_layouts_in_one_aligned_allocation() -> None:
+    """``_pack`` copies each matrix with its shape, memory order and values into one 64-byte aligned buffer."""
+    rng = np.random.default_rng(0)
+    arrays = [
+        np.ascontiguousarray(rng.standard_normal((5, 7), dtype=np.float32)),
+        np.asfortranarray(rng.standard_normal((9, 3), dtype=np.float32)),
+        np.ascontiguousarray(rng.standard_normal((1, 33), dtype=np.float32)),
+    ]
+    packed = _pack(arrays)
+    base = packed[0].base
+    for a, p in zip(arrays, packed, strict=True):
+        np.testing.assert_array_equal(p, a)
+        assert p.flags.c_contiguous == a.flags.c_contiguous
+        assert p.flags.f_contiguous == a.flags.f_contiguous
+        assert p.ctypes.data % 64 == 0
+        assert np.shares_memory(p, base)
+    assert not any(np.shares_memory(p, q) for i, p in enumerate(packed) for q in packed[i + 1 :])
+
+
+def test_decoder_step_weights_share_one_allocation(model: SambertModel) -> None:
+    plan = model._decoder_plan
+    assert plan is not None
+    mats = [plan.w_fb, plan.w_pre, *plan.prenet]
+    mats += [w for layer in plan.layers for w in (layer.w_qkv, layer.w_fc, layer.w_1, layer.w_2)]
+    assert all(np.shares_memory(m, mats[0].base) for m in mats)
