@@ -172,6 +172,26 @@ def test_generator_fast_path_equals_direct_whole_and_streamed() -> None:
         assert not torch.equal(fast, direct)  # the fast path really ran
 
 
+def test_the_modules_share_the_plans_weights() -> None:
+    """After prepare the residual blocks' (and pre/post) convolution modules hold views of the plan's channels-last
+    kernels, not a second copy, and computing with them still gives the plan's output."""
+    gen = _generator()
+    plan = gen._nwc
+    assert plan is not None
+
+    def storage(t: torch.Tensor) -> int:
+        return t.untyped_storage().data_ptr()
+
+    assert storage(gen.conv_pre.conv1d.weight) == storage(plan.pre[0])
+    assert storage(gen.conv_post.conv1d.weight) == storage(plan.post[0])
+    block = gen._blocks[2]
+    assert storage(block.convs2[1].conv1d.weight) == storage(plan.blocks[2][1][1][0])
+    mel = torch.randn(40, 20)
+    with torch.inference_mode():
+        modules = gen._generate(mel.t()[None], None)  # the modules' channels-first path, fused upsampling
+        assert float((modules - gen(mel)).abs().max()) <= 1e-5
+
+
 @pytest.mark.usefixtures("one_thread")
 def test_more_threads_run_direct() -> None:
     gen = _generator()

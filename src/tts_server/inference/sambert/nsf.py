@@ -197,6 +197,9 @@ class NsfHifiGanGenerator(HifiGanGenerator):
     def harmonics(self) -> int:
         return self.source_module.harmonics
 
+    #: ``forward`` runs the modules (with the excitation added per stage), never the channels-last plan.
+    plan_serves_forward = False
+
     def prepare(self) -> None:
         super().prepare()
         # The channels-last plan has no excitation inputs; the fused upsampling kernels still apply.

@@ -173,6 +173,10 @@ class ResidualBlock(nn.Module):
 
 
 class HifiGanGenerator(nn.Module):
+    #: Whether ``forward`` runs the channels-last plan once there is one; then the convolution modules' weights are
+    #: made views of the plan's (one copy of the weights, not two). The NSF generator runs the modules themselves.
+    plan_serves_forward = True
+
     def __init__(self, cfg: HifiGanConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -237,6 +241,8 @@ class HifiGanGenerator(nn.Module):
         # Channels-last 2-D layouts ([1, C, 1, T] stored time-major): oneDNN runs these convolutions faster than
         # the 1-D channels-first ones, and with batch 1 a causal trim of the time axis stays a contiguous view.
         self._nwc = _NwcPlan(self, fused)
+        if self.plan_serves_forward:
+            self._nwc.share_weights(self)
 
     def use_bfloat16(self) -> bool:
         """Run the fast path in bfloat16 from now on; False (and nothing changes) where that path or native bf16
@@ -424,6 +430,22 @@ class _NwcPlan:
             for b in gen._blocks
         ]
         self.set_fast(True)
+
+    def share_weights(self, gen: HifiGanGenerator) -> None:
+        """Point the generator's convolution modules at this plan's (channels-last) weights, so that the
+        checkpoint's copies can be freed: the plan serves ``forward``, the modules keep their parameters only for
+        ``state_dict`` and the like (≈ 17 MiB per full-size vocoder)."""
+        convs = [gen.conv_pre, gen.conv_post]
+        plans = [self.pre, self.post]
+        for block, pairs in zip(gen._blocks, self.blocks, strict=True):
+            for c1, c2, (p1, p2) in zip(block.convs1, block.convs2, pairs, strict=True):
+                convs += [c1, c2]  # type: ignore[list-item]
+                plans += [p1, p2]
+        for conv, plan in zip(convs, plans, strict=True):
+            weight = plan[0][:, :, 0, :]  # [C_out, C_in, k], a strided view of the channels-last kernel
+            if weight.shape != conv.conv1d.weight.shape:
+                raise ValueError(f"plan weight {tuple(weight.shape)} for a module of {tuple(conv.conv1d.weight.shape)}")
+            conv.conv1d.weight = nn.Parameter(weight, requires_grad=False)
 
     def set_fast(self, enabled: bool) -> int:
         """Give each residual-block and upsampling convolution its fast algorithm (``fast_conv_for``), or none;
