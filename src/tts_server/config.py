@@ -104,9 +104,10 @@ class PoolSettings(_Section):
     #: oneDNN primitive cache entries per worker. Each distinct sentence length compiles its own convolution
     #: primitives (about 45 per sentence on a full-size voice, ~0.7 MiB each: the vocoder's run over tens of
     #: thousands of samples), so with torch's default of 1024 a worker grew by ~25 MiB per distinct length, towards
-    #: ~0.7 GB. 128 keeps one sentence's primitives (their reuse within the sentence and across a stream's chunks)
-    #: for +20 MiB; recompiling the rest cost ~3% more CPU on distinct sentences (``bench/memory.py``).
-    onednn_primitive_cache: int = Field(128, ge=0)
+    #: ~0.7 GB. 64 bounds that at ~+20-30 MiB after traffic; recompiling costs ~3% more CPU on distinct sentences
+    #: (oneDNN's own creation profile; 128 and 32 measured the same within noise) and left the first streamed chunk
+    #: unchanged (``bench/memory.py``, docs/capacity.md).
+    onednn_primitive_cache: int = Field(64, ge=0)
 
 
 class ModelSettings(_Section):
