@@ -125,3 +125,13 @@ def test_compacted_pypinyin_phrase_table_holds_the_published_data() -> None:
     assert len({id(reading) for readings in table.values() for reading in readings}) < 5000
     assert lazy_pinyin("行长在银行", style=Style.TONE3, neutral_tone_with_five=True) == [
         "hang2", "zhang3", "zai4", "yin2", "hang2"]
+
+
+def test_cli_module_leaves_the_server_libraries_to_serve() -> None:
+    # Every spawned worker re-imports the tts-server script's module (multiprocessing's spawn runs the parent's main
+    # module), so importing tts_server.cli must not load uvicorn, FastAPI or prometheus_client (~10 MiB per worker).
+    import subprocess
+
+    code = ("import sys, tts_server.cli; "
+            "assert not {'uvicorn', 'fastapi', 'prometheus_client'} & set(sys.modules), 'server libraries imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -7,14 +7,8 @@ import json
 import logging
 import math
 import sys
-import time
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
-
-import prometheus_client
-import uvicorn
-from fastapi import FastAPI
 
 from tts_server.config import ConfigError, Settings, load_settings
 from tts_server.inference.engine import INPUT_FORMATS
@@ -34,49 +28,15 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, **overrides)
 
 
-class _DrainingServer(uvicorn.Server):
-    """Shutdown in two steps. On the first SIGTERM/SIGINT readiness turns 503 at once while the listener stays open
-    and requests are still admitted and served; ``delay_s`` later uvicorn's graceful shutdown starts (stop
-    accepting, finish in-flight requests), then the app's lifespan drains the pool and stops the workers.
-
-    A second signal skips the rest of the delay, a third forces the exit. Unlike plain uvicorn the signal is not
-    re-raised after shutdown: a server that drained cleanly exits with status 0, which is what supervisors expect.
-    """
-
-    def __init__(self, config: uvicorn.Config, app: FastAPI, delay_s: float) -> None:
-        super().__init__(config)
-        self._app = app
-        self._delay_s = delay_s
-        self._exit_at: float | None = None
-        #: Why the server gave up on its own (set when no worker could load the engine at all).
-        self.fatal: str | None = None
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.should_exit:
-            self.force_exit = True
-            return
-        state = getattr(self._app.state, "tts", None)
-        if self._exit_at is not None or self._delay_s <= 0 or not self.started or state is None:
-            self.should_exit = True
-            return
-        state.pool.begin_drain()  # only sets a flag, so it is safe inside a signal handler
-        self._exit_at = time.monotonic() + self._delay_s
-        log.info("signal %d: readiness off, closing the listener in %.1fs", sig, self._delay_s)
-
-    async def on_tick(self, counter: int) -> bool:
-        if self._exit_at is not None and time.monotonic() >= self._exit_at:
-            self.should_exit = True
-        state = getattr(self._app.state, "tts", None)
-        if self.fatal is None and state is not None and state.pool.startup_error is not None:
-            # A model that cannot load on the first try will not load on the fifth: stop instead of serving 503s.
-            self.fatal = state.pool.startup_error
-            self.should_exit = True
-        stop: bool = await super().on_tick(counter)
-        return stop
-
-
 def _serve(args: argparse.Namespace) -> int:
+    # The server's libraries are imported here, not with this module: every spawned worker re-imports the
+    # ``tts-server`` script's module (multiprocessing's spawn runs the parent's main module), and uvicorn, FastAPI
+    # and prometheus_client cost it ~10 MiB it never uses.
+    import prometheus_client
+    import uvicorn
+
     from tts_server.api.app import create_app
+    from tts_server.api.draining import DrainingServer
     from tts_server.api.server import bind_listener, guarded_protocol
 
     settings = _settings(args)
@@ -104,7 +64,7 @@ def _serve(args: argparse.Namespace) -> int:
         # one), whatever else is installed; messages over websocket.max_message_bytes close with 1009.
         ws="websockets-sansio", ws_max_size=settings.websocket.max_message_bytes,
     )
-    server = _DrainingServer(config, app, settings.server.drain_delay_s)
+    server = DrainingServer(config, app, settings.server.drain_delay_s)
     log.info("listening on http://%s:%d", f"[{host}]" if ":" in host else host, sock.getsockname()[1])
     with sock:
         server.run(sockets=[sock])
