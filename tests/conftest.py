@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, NoReturn
@@ -48,6 +48,28 @@ def read_log(path: Path) -> list[tuple[int, str]]:
         pid, _, text = line.partition("\t")
         rows.append((int(pid), text.encode("ascii").decode("unicode_escape")))
     return rows
+
+
+class Hold:
+    """A gate for ``[hold]`` jobs of the test engine: they wait while its file exists. Holding a worker this way
+    cannot run out under load, unlike a ``sleep`` job that must outlast the test's next steps."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.touch()
+
+    def release(self) -> None:
+        """Let held jobs (running or yet to start) finish."""
+        self.path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def hold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Hold]:
+    """A closed ``Hold`` whose file the test engine in spawned workers finds through the env they inherit."""
+    gate = Hold(tmp_path / "hold")
+    monkeypatch.setenv("TTS_TEST_HOLD_FILE", str(gate.path))
+    yield gate
+    gate.release()  # a test that failed before releasing must not leave a worker held
 
 
 @pytest.fixture

@@ -5,7 +5,10 @@ Directives in the text steer the fault cases, e.g. ``"[sleep=0.5] 你好"``:
 - ``fail``: raise an EngineError (the input is "bad");
 - ``boom``: raise a plain exception (an engine bug -> 500 without internals);
 - ``exit``: the worker process dies abruptly (os._exit) on its first attempt at this job;
-- ``leak=MB``: keep MB megabytes alive forever (memory growth).
+- ``leak=MB``: keep MB megabytes alive forever (memory growth);
+- ``hold``: once logged, wait while the file named by ``TTS_TEST_HOLD_FILE`` exists (``tests.conftest.Hold``,
+  the ``hold`` fixture), so a test keeps a worker busy until it releases the gate, however slowly a loaded machine
+  runs its awaits (a ``sleep`` job may end before the test has done what needed the worker busy).
 Every job that runs appends ``pid<TAB>text`` (text backslash-escaped) to the file named by ``TTS_TEST_ENGINE_LOG``
 (if set), so tests can check what ran and where; a job whose ``input_format`` is not ``text`` logs
 ``pid<TAB>format<TAB>text``; a job with a non-default pitch or volume is logged with
@@ -115,6 +118,8 @@ class ToneEngine:
         if "leak" in directives:
             _LEAKED.append(bytearray(int(float(directives["leak"]) * 1024 * 1024)))
             _LEAKED[-1][::4096] = b"x" * len(_LEAKED[-1][::4096])  # touch pages so RSS grows
+        if "hold" in directives:
+            _hold()
         sleep = float(directives.get("sleep") or 0)
         body = _DIRECTIVE.sub("", text)
         # Line breaks end a sentence, as in the real frontend: a text's newlines change its audio.
@@ -140,6 +145,17 @@ class ToneEngine:
             with open(path, "a", encoding="utf-8") as fh:
                 # Escaped, so a text's own line breaks cannot split its log line (``read_log`` undoes it).
                 fh.write(f"{os.getpid()}\t{text.encode('unicode_escape').decode('ascii')}\n")
+
+
+#: A forgotten release must not hang a worker for ever; a test's own deadlines are far shorter.
+_HOLD_LIMIT_S = 120.0
+
+
+def _hold() -> None:
+    path = os.environ.get("TTS_TEST_HOLD_FILE")
+    deadline = time.monotonic() + _HOLD_LIMIT_S
+    while path and os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def _ssml_text(document: str) -> str:

@@ -117,11 +117,12 @@ async def test_sdk_streaming_sse(make_settings: Callable[..., Settings]) -> None
 
 
 async def test_sse_error_after_first_event_is_in_band(make_settings: Callable[..., Settings]) -> None:
-    # Each sentence takes 0.5 s; the deadline passes while the third is being synthesised.
-    settings = make_settings(pool={"workers": 1, "job_timeout_s": 1.5})
+    # Each sentence takes 0.5 s; the deadline passes while the fifth is being synthesised. (A 1.5 s deadline left
+    # a loaded machine only 1 s to get the first sentence out, or the stream began with the error.)
+    settings = make_settings(pool={"workers": 1, "job_timeout_s": 2.5})
     async with running_app(settings) as (_, client):
-        body = {"model": "tts-1", "input": "[sleep=0.5] 一。二。三。四。", "voice": "alpha", "response_format": "pcm",
-                "stream_format": "sse"}
+        body = {"model": "tts-1", "input": "[sleep=0.5] 一。二。三。四。五。六。七。八。", "voice": "alpha",
+                "response_format": "pcm", "stream_format": "sse"}
         async with client.stream("POST", "/v1/audio/speech", json=body) as r:
             assert r.status_code == 200
             events = [json.loads(line[len("data: "):]) async for line in r.aiter_lines()
@@ -246,6 +247,7 @@ async def test_first_audio_before_last_sentence(make_settings: Callable[..., Set
             async for _ in r.aiter_raw():
                 arrivals.append(time.monotonic() - started)
         first, total = arrivals[0], arrivals[-1]
-        # The first sentence is out while the other four are still being synthesised.
+        # The first sentence is out while later ones are still being synthesised (buffered, it would come with the
+        # last). Two sentences of margin, not three: a loaded machine delays the first chunk more than the rest.
         assert total >= 5 * per_sentence
-        assert first < total - 3 * per_sentence, (first, total)
+        assert first < total - 2 * per_sentence, (first, total)

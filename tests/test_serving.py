@@ -19,7 +19,7 @@ import pytest
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import read_log, running_app
+from tests.conftest import Hold, read_log, running_app
 from tts_server.api import errors
 from tts_server.config import Settings
 
@@ -62,13 +62,17 @@ async def test_speech_outcomes_reach_request_metrics(make_settings: Callable[...
         assert await _metric(client, "tts_requests_total", voice="alpha", emotion="neutral", outcome=outcome) == 1
 
 
-async def test_speech_rejection_counts_reason_outcome_and_latency(make_settings: Callable[..., Settings]) -> None:
+async def test_speech_rejection_counts_reason_outcome_and_latency(make_settings: Callable[..., Settings],
+                                                                  hold: Hold) -> None:
     settings = make_settings(pool={"workers": 1, "queue_size": 0})
-    async with running_app(settings) as (_, client):
-        busy = asyncio.create_task(client.post(SYNTH, json={"text": "[sleep=1] 慢"}))
-        await asyncio.sleep(0.3)
+    async with running_app(settings) as (app, client):
+        # Held until the rejection is in, and waited for rather than slept on: a sleep of 0.3 s next to a 1 s job
+        # could see the job not started yet or already over on a loaded machine, and the request was admitted.
+        busy = asyncio.create_task(client.post(SYNTH, json={"text": "[hold] 慢"}))
+        await _wait_until(lambda: app.state.tts.pool.stats().in_progress == 1, 10)
         response = await client.post(SPEECH, json={"model": "tts-1", "input": "快", "voice": "alpha",
                                                    "response_format": "mp3"})
+        hold.release()
         assert response.status_code == 503
         assert response.headers["Retry-After"].isdigit()
         assert response.json()["error"]["code"] == "queue_full"
@@ -132,14 +136,18 @@ async def _wait_until(predicate: Callable[[], bool], within: float) -> None:
 
 
 async def test_disconnect_before_first_chunk_cancels_the_stream(make_settings: Callable[..., Settings],
-                                                                engine_log: Path) -> None:
+                                                                engine_log: Path, hold: Hold) -> None:
     # Regression: a client leaving before the first sentence was ready was ignored; its job ran to the end.
     async with running_app(make_settings(pool={"workers": 1})) as (app, client):
-        call = AsgiCall(app, SYNTH, {"text": "[sleep=1.5] 一。二。三。四。", "stream": True, "format": "pcm"}).start()
+        # Held until the client has gone, so no audio can precede the disconnect however slow the machine (the
+        # first 1.5 s sentence could, and the response began with 200).
+        call = AsgiCall(app, SYNTH, {"text": "[hold][sleep=1.5] 一。二。三。四。", "stream": True,
+                                     "format": "pcm"}).start()
         await _wait_until(lambda: len(read_log(engine_log)) >= 2, 10)  # warm-up, then our job started
         call.leave()
         assert call.task is not None
         await asyncio.wait_for(call.task, 10)
+        hold.release()
         assert call.status == 499 or call.status is None
         assert await _metric(client, "tts_requests_total", voice="alpha", emotion="neutral",
                              outcome="cancelled") == 1
