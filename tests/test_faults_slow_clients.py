@@ -110,8 +110,15 @@ async def test_slow_headers_and_bodies_are_cut_off_and_descriptors_released(tmp_
                 for _ in range(n_head)]
         slow += [asyncio.create_task(_slow_client(port, body_head, b'{"text": "' + b"a" * 3000, give_up_s))
                  for _ in range(n_body)]
-        await asyncio.sleep(0.8)
-        peak = _fds(srv)
+        # Waited for, not slept on: opening 300 connections on a loaded machine may take longer than a fixed 0.8 s.
+        peaks = [baseline]
+
+        def connected() -> bool:
+            peaks.append(_fds(srv))
+            return max(peaks) >= baseline + (n_head + n_body) // 2
+
+        await _wait_for(connected, HEADER_TIMEOUT_S + 5.0, "the slow clients connected")
+        peak = max(peaks)
         # Meanwhile the server serves normal requests.
         t_normal = time.monotonic()
         normal = await _one_request(srv, json={"text": "正常。", "format": "pcm"})
