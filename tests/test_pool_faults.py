@@ -132,9 +132,11 @@ async def test_kill9_mid_job_is_retried_and_slot_returns(make_settings: Callable
         assert 'tts_worker_restarts_total{reason="crash"} 1.0' in metrics
 
 
-async def test_worker_dying_twice_gives_503(make_settings: Callable[..., Settings], engine_log: Path) -> None:
+async def test_worker_dying_twice_gives_503(make_settings: Callable[..., Settings], engine_log: Path,
+                                           hold: Hold) -> None:
     async with running_app(make_settings(pool={"workers": 1})) as (_, client):
-        request = asyncio.create_task(client.post("/v1/synthesize", json={"text": "[sleep=3] 两次"}))
+        # Held (never released: both attempts are killed), so no attempt can end before its kill.
+        request = asyncio.create_task(client.post("/v1/synthesize", json={"text": "[hold] 两次"}))
         for attempt in range(2):
             await _wait_for(lambda n=attempt: sum("两次" in t for t in _texts(engine_log)) == n + 1)
             os.kill(read_log(engine_log)[-1][0], signal.SIGKILL)
@@ -364,7 +366,7 @@ async def test_slot_survives_more_crashes_than_the_threshold(make_settings: Call
 
 async def test_no_startable_worker_fails_queued_and_new_jobs_at_once(
         make_settings: Callable[..., Settings], engine_log: Path, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, hold: Hold) -> None:
     broken = tmp_path / "broken"
     monkeypatch.setenv("TTS_TEST_BREAK_FILE", str(broken))
     settings = make_settings(engine={"name": "tests.pool_engines:breakable_engine"},
@@ -372,7 +374,8 @@ async def test_no_startable_worker_fails_queued_and_new_jobs_at_once(
                                    "restart_backoff_max_s": 0.5})
     async with running_app(settings) as (app, client):
         pool: WorkerPool = app.state.tts.pool
-        running = asyncio.create_task(client.post("/v1/synthesize", json={"text": "[sleep=3] 运行中"}))
+        # Held (the worker is killed, never released): a timed job ending first would let the queued ones run.
+        running = asyncio.create_task(client.post("/v1/synthesize", json={"text": "[hold] 运行中"}))
         await _wait_for(lambda: any("运行中" in t for t in _texts(engine_log)))
         queued = [asyncio.create_task(client.post("/v1/synthesize", json={"text": f"排队{i}"})) for i in range(2)]
         await _wait_for(lambda: pool.stats().queue_depth == 2)
@@ -412,22 +415,24 @@ async def test_livez_fails_once_no_worker_was_ready_for_the_liveness_timeout(
 
 
 async def test_queued_job_gets_its_504_at_the_deadline(make_settings: Callable[..., Settings],
-                                                       engine_log: Path) -> None:
+                                                       engine_log: Path, hold: Hold) -> None:
     pool = WorkerPool(make_settings(pool={"workers": 1}))
     await pool.start()
     try:
         assert await pool.wait_ready(60)
-        slow = pool.submit(text="[sleep=3] 前面", voice="alpha", emotion="neutral", speed=1.0, request_id="a")
+        # Held until the queued job's 504 is in: the worker cannot free up first, however late the deadline fires.
+        slow = pool.submit(text="[hold] 前面", voice="alpha", emotion="neutral", speed=1.0, request_id="a")
         await _wait_for(lambda: pool.stats().in_progress == 1)
         t0 = time.monotonic()
         doomed = pool.submit(text="后面", voice="alpha", emotion="neutral", speed=1.0, request_id="b", timeout_s=1.0)
         with pytest.raises(DeadlineExceeded):
             await doomed.result()
         waited = time.monotonic() - t0
-        # Before: ~3 s, when the worker freed up. The upper bound leaves a loaded machine's event loop 1 s of lag
-        # (0.6 s was tight on 2 busy cores) and still tells the deadline from the worker freeing up.
+        # Before: only when the worker freed up (then after 3 s). The upper bound leaves a loaded machine's event
+        # loop 1 s of lag (0.6 s was tight on 2 busy cores).
         assert 0.9 <= waited < 2.0, waited
         assert pool.stats().queue_depth == 0
+        hold.release()
         await slow.result()
         assert "后面" not in _texts(engine_log)
     finally:
