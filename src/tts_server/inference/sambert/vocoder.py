@@ -307,19 +307,21 @@ class HifiGanGenerator(nn.Module):
 _ConvPlan = tuple[Tensor, Tensor | None, int, int, BilinearConv | None]
 
 #: The fast algorithm per convolution shape, chosen layer by layer from ``bench/vocoder_layers.py`` (one core, AVX-512,
-#: fp32): kernel length -> ((fewest channels, algorithm), ...), the first rule whose channel bound
-#: ``min(C_in, C_out)`` meets wins; the residual blocks' and the upsampling convolutions alike. DFT overlap-save for
-#: kernels 7 and 11 from 64 channels (1.3-2.1x). Not taken, measured: Winograd F(8, 7) for kernel 7 (1.6-2.2x, but
-#: it errs by 2e-5 to 3e-4 on unit-scale signals, 30-300x direct's float32 rounding; F(4, 7) and F(6, 7) likewise);
-#: Winograd F(4, 3) for kernel 3 at 128 channels (1.2-1.35x per layer, no gain measurable over the whole vocoder,
-#: +3.9 MiB of transformed kernels, and 10x direct's rounding); DFT32 for kernel 11 at 32 channels (1.05-1.15x).
+#: fp32): kernel length -> ((fewest channels, algorithm), ...), the first rule whose channel bound ``min(C_in, C_out)``
+#: meets wins; the residual blocks' and the upsampling convolutions alike. DFT overlap-save for kernel 7 from 64
+#: channels and kernel 11 from 32 (1.3-2.1x per layer at 64-128 channels). Not taken, measured: Winograd F(8, 7) for
+#: kernel 7 (1.6-2.2x, but it errs by 2e-5 to 3e-4 on unit-scale signals, 30-300x direct's float32 rounding; F(4, 7) and
+#: F(6, 7) likewise); Winograd F(4, 3) for kernel 3 at 128 channels (1.2-1.35x per layer, no gain measurable over the
+#: whole vocoder, +3.9 MiB of transformed kernels, and 10x direct's rounding). DFT32 for kernel 11 also at 32 channels
+#: (the whole vocoder 1.05-1.07x faster, +1.5 MiB of transformed kernels); not at 16 channels, nor DFT16 for kernel 7 at
+#: 32 (whole vocoder 0.98-1.0x, measured side by side).
 #: Narrower layers, and short signals (below ``FAST_CONV_MIN_T`` samples, e.g. small streaming chunks, where the
 #: per-call overhead dominates), stay direct: the transforms cost more than the products they save. With more than
 #: ``FAST_CONV_MAX_THREADS`` torch threads everything runs direct: oneDNN's convolution scales with threads, the fast
 #: path's small per-block GEMMs and copies do not (2 threads: 0.97x of direct, measured).
 FAST_CONV: dict[int, tuple[tuple[int, Algorithm], ...]] = {
     7: ((64, Algorithm("fourier", 16)),),
-    11: ((64, Algorithm("fourier", 32)),),
+    11: ((32, Algorithm("fourier", 32)),),
 }
 FAST_CONV_MIN_T = 512
 FAST_CONV_MAX_THREADS = 1
