@@ -34,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from vocoder_layers import layer_table, record_layers
 
+from tts_server.inference.memory import keep_heap_pages
 from tts_server.inference.sambert.engine import SambertEngine, SambertVoice
 
 REPO = Path(__file__).resolve().parents[1]
@@ -232,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.model_dir.is_dir():
         print(f"model directory {args.model_dir} not found", file=sys.stderr)
         return 2
+    keep_heap_pages()  # as a served worker does (tts_server.inference.memory)
     personal = None
     if not args.no_personal:
         if not (args.personal_dir.parent / "cases.npz").is_file():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import sys
 
 import pytest
@@ -17,6 +18,42 @@ glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallo
 @glibc_only
 def test_allocator_calls_take_effect_on_glibc() -> None:
     assert memory.release_free_memory() is True
+
+
+#: In a fresh interpreter: three 8 MiB tensors written and freed; prints the heap's size (glibc ``mallinfo2``:
+#: ``arena``) and the mmapped bytes (``hblkhd``) while they live, and the heap's size after they are freed.
+_HEAP = """
+import ctypes, sys
+import torch
+from tts_server.inference import memory
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks "
+                                                "keepcost").split()]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+if sys.argv[1] == "keep":
+    assert memory.keep_heap_pages()
+bufs = [torch.ones(2 << 20) for _ in range(3)]
+live = libc.mallinfo2()
+del bufs
+print(live.arena, live.hblkhd, libc.mallinfo2().arena)
+"""
+
+
+@glibc_only
+def test_kept_heap_pages_stay_for_the_next_job() -> None:
+    def heap(mode: str) -> list[int]:
+        out = subprocess.run([sys.executable, "-c", _HEAP, mode], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        return [int(v) for v in out.stdout.split()]
+
+    size = 3 * (8 << 20)
+    _, mapped, _ = heap("default")
+    assert mapped >= size  # glibc's default: blocks this large are mapped, and unmapped on free
+    arena, mapped, after = heap("keep")
+    assert mapped < size // 3  # from the heap instead...
+    assert arena >= size
+    assert after >= size  # ...whose pages stay after the free (until release_free_memory)
 
 
 def test_primitive_cache_capacity_goes_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,7 +24,7 @@ from tts_server.config import Settings
 from tts_server.inference.engine import EngineError, SupportsLexicon, Synthesis
 from tts_server.inference.lexicon import LexiconError, read_file
 from tts_server.inference.loading import load_engine
-from tts_server.inference.memory import limit_primitive_cache, release_free_memory
+from tts_server.inference.memory import keep_heap_pages, limit_primitive_cache, release_free_memory
 from tts_server.inference.messages import (
     Cancel,
     Cancelled,
@@ -56,6 +56,7 @@ def worker_main(conn: Connection, settings: Settings, slot: int) -> None:
     started = time.perf_counter()
     release = settings.pool.release_memory
     limit_primitive_cache(settings.pool.onednn_primitive_cache)  # before torch loads: it reads this once
+    keep_heap_pages()  # back-to-back jobs reuse warm heap pages; the idle trim below still returns them
     try:
         engine = load_engine(settings)
         engine.warm_up()
