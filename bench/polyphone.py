@@ -101,6 +101,53 @@ def frontend_reader() -> Callable[[Item], str]:
     return read
 
 
+def lexical_reader() -> Callable[[Item], str]:
+    """The reading the polyphone model chose (pypinyin's phrase reading refined by the model), before the
+    frontend's neutral-tone lexicon, verb-得-complement and erhua rules. CPP labels lexical (citation) tones, so
+    this is the figure comparable with CPP; ``frontend_reader`` is what is spoken (衣服 fu5)."""
+    from tts_server.inference.frontend import polyphone
+    from tts_server.inference.frontend.pinyin import Segmenter, _raw_pinyin
+
+    segmenter = Segmenter()
+
+    def read(item: Item) -> str:
+        for start, run in _runs(item.text):
+            if not start <= item.index < start + len(run):
+                continue
+            offset = 0
+            for word in segmenter.words(run):
+                if offset <= item.index - start < offset + len(word):
+                    pys = polyphone.refine(word, _raw_pinyin(word), run, offset)
+                    return pys[item.index - start - offset] if len(pys) == len(word) else ""
+                offset += len(word)
+        return ""
+
+    return read
+
+
+def cv_folds(items: list[tuple[str, int, str]], k: int, seed: int = 0) -> list[int]:
+    """Fold (0..k-1) of each (text, index, label) sentence, stratified by the polyphonic character: each
+    character's sentences are shuffled (seeded) and dealt round-robin, continuing the deal from one character to
+    the next so that the folds are the same size to within one sentence. A sentence that occurs twice gets the
+    fold of its first occurrence (no copy of a held-out sentence is trained on)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    by_char: dict[str, list[int]] = collections.defaultdict(list)
+    first: dict[str, int] = {}
+    for i, (text, index, _label) in enumerate(items):
+        if text not in first:
+            first[text] = i
+            by_char[text[index]].append(i)
+    folds = [-1] * len(items)
+    dealt = 0
+    for char in sorted(by_char):
+        for i in rng.permutation(by_char[char]):
+            folds[int(i)] = dealt % k
+            dealt += 1
+    return [folds[first[text]] for text, _index, _label in items]
+
+
 def score(items: list[Item], read: Callable[[Item], str]) -> tuple[float, list[str]]:
     """Accuracy and the predicted reading of each item."""
     got = [read(it) for it in items]
@@ -121,7 +168,8 @@ def evaluate(items: list[Item]) -> dict[str, tuple[float, list[str]]]:
     """The systems on ``items``: ``pypinyin``; our frontend with ``ours-before`` (no model), ``g2pm-dev-chars``
     (the earlier scheme: g2pM decides ``G2PM_DEV_CHARS`` where no pypinyin phrase fixes the reading),
     ``g2pm-all`` (g2pM decides every polyphone no phrase fixes) and ``stacked`` (shipped: the trained reader
-    decides every polyphone)."""
+    decides every polyphone); all of these as spoken, after the neutral-tone lexicon and erhua. Last,
+    ``stacked-lexical``: the stacked reader's choice before those rules (CPP's citation-tone labels)."""
     from tts_server.inference.frontend import polyphone
 
     results = {"pypinyin": score(items, pypinyin_reader())}
@@ -136,16 +184,52 @@ def evaluate(items: list[Item]) -> dict[str, tuple[float, list[str]]]:
     finally:
         polyphone.set_mode("stacked")
     results["stacked"] = score(items, read)
+    results["stacked-lexical"] = score(items, lexical_reader())
     return results
 
 
-def _report(name: str, items: list[Item], top: int) -> None:
+LABELS = {
+    "pypinyin": "(lexical)",
+    "ours-before": "(as spoken: after neutral-tone lexicon / erhua)",
+    "g2pm-dev-chars": "(as spoken; its characters were chosen on CPP dev)",
+    "g2pm-all": "(as spoken)",
+    "stacked": "(shipped, as spoken: after neutral-tone lexicon / erhua)",
+    "stacked-lexical": "(shipped, the reader's choice: lexical tones as CPP labels them)",
+}
+
+
+def _print_cv() -> None:
+    """For a shipped stack trained on CPP dev, its dev figures above are in-sample: print the cross-validated
+    ones stored with it."""
+    from tts_server.inference.frontend import polyphone
+
+    meta = polyphone.stack_metadata()
+    if "CPP dev" not in meta.get("trained_on", []):
+        print("  (the shipped stack was not trained on CPP dev: the stacked figures above are held-out)")
+        return
+    cv = meta["cv"]
+    print("  NOTE: the shipped stack was trained on CPP dev, so the stacked figures above are IN-SAMPLE.")
+    print(f"  Its accuracy is the {cv['k']}-fold cross-validated one (each fold trained on g2pL + the other folds):")
+    for column, label in (("spoken", "stacked, as spoken"), ("lexical", "stacked-lexical")):
+        folds = " ".join(f"{a * 100:.2f}" for a in cv[column])
+        print(f"  CV {label:19s} {cv[column + '_mean'] * 100:6.2f}%  (folds: {folds})")
+
+
+def _report(name: str, items: list[Item], top: int, cpp: bool = False) -> None:
+    from tts_server.inference.frontend import polyphone
+
     t0 = time.perf_counter()
     results = evaluate(items)
     elapsed = time.perf_counter() - t0
     print(f"== {name}: {len(items)} sentences ({elapsed:.1f} s)")
+    in_sample = cpp and "CPP dev" in polyphone.stack_metadata().get("trained_on", [])
     for system, (acc, _got) in results.items():
-        print(f"  {system:15s} {acc * 100:6.2f}%")
+        label = LABELS.get(system, "")
+        if in_sample and system.startswith("stacked"):
+            label += " IN-SAMPLE, not its accuracy: see CV below"
+        print(f"  {system:15s} {acc * 100:6.2f}%  {label}")
+    if cpp:
+        _print_cv()
     print(f"  top confused characters (errors: {' / '.join(results)}):")
     errors: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     for system, (_acc, got) in results.items():
@@ -165,7 +249,7 @@ def main() -> None:
     args = parser.parse_args()
     _report(f"in-repo set {IN_REPO_SET.name}", load_tsv(), args.top)
     if args.cpp_dir is not None:
-        _report(f"CPP {args.split}", load_cpp(args.cpp_dir, args.split), args.top)
+        _report(f"CPP {args.split}", load_cpp(args.cpp_dir, args.split), args.top, cpp=args.split == "dev")
 
 
 if __name__ == "__main__":

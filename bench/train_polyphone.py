@@ -1,17 +1,24 @@
 """Train the stacked polyphone reader shipped as ``src/tts_server/inference/frontend/polyphone_stack.npz``.
 
-    python bench/train_polyphone.py --train DIR/train --train DIR/dev --exclude CPP/dev [--eval CPP/dev]
+    python bench/train_polyphone.py --train G2PL/train --train G2PL/dev --exclude CPP/dev --eval CPP/dev --cv 5
 
 Each ``--train`` / ``--eval`` / ``--exclude`` names a sentence file pair ``PREFIX.sent`` / ``PREFIX.lb`` in the
-CPP format (the polyphone between two U+2581 marks, one TONE3 label per line). Not run in CI; takes a few
-minutes on two CPU cores (feature extraction runs g2pM over every sentence).
+CPP format (the polyphone between two U+2581 marks, one TONE3 label per line). Not run in CI; with ``--cv 5``
+about ten minutes on two CPU cores (feature extraction runs g2pM over every sentence; ``--cache`` keeps it).
 
 Data. The CPP train split's sentences (kakaobrain/g2pM ``data/train.sent``) could not be had here: only its
-labels are in the available snapshot. The shipped model is trained on the g2pL corpus instead (whzikaros/g2pL,
-``data/train.*`` and ``data/dev.*``: 45,600 sentences from Wikipedia-like text, 114 common polyphonic characters,
-labels in CPP's spelling), with every sentence that also occurs in CPP dev (``--exclude``) dropped. CPP dev is
-used only to report accuracy and pick the regularisation strength; CPP test is never read. g2pM itself (whose
-probabilities are a feature) was trained by its authors on CPP train.
+labels are in the available snapshot. The reader is trained on the g2pL corpus (whzikaros/g2pL, ``data/train.*``
+and ``data/dev.*``: 45,600 sentences from Wikipedia-like text, 114 common polyphonic characters, labels in CPP's
+spelling), with every sentence that also occurs in CPP dev (``--exclude``) dropped, and, with ``--cv K`` (the
+shipped model), on CPP dev too. CPP dev's own figure is then measured by K-fold cross-validation: its sentences
+are dealt into K folds stratified by character (``bench.polyphone.cv_folds``, seeded), and for each fold a model
+trained on g2pL plus the other K-1 folds reads the held-out fold through the frontend, as spoken and as the
+reader's lexical choice (CPP's citation tones). Hyper-parameters are fixed, not searched per fold: ``--l2``,
+``--epochs``, ``--bits`` keep the values the g2pL-only model used, ``--dev-weight`` (the loss weight of a CPP
+sentence) is given on the command line. The shipped model is then trained on g2pL plus all of CPP dev, and the
+cross-validated figures are stored with it (``meta`` in the npz) for ``bench/polyphone.py`` to print beside its
+in-sample ones. CPP test is never read. g2pM itself (whose probabilities are a feature) was trained by its
+authors on CPP train.
 
 What is learned (see ``polyphone.StackedReader``): shared weights over g2pM's log-probability of each reading
 and over pypinyin's reading (from a 2-character phrase, a longer phrase, or its single-character default), a
@@ -25,11 +32,15 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+# ``bench.polyphone`` (fold assignment, the frontend's readers) from a plain ``python bench/train_polyphone.py``.
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "src")]
 
 MARK = "\u2581"
 
@@ -40,6 +51,7 @@ class Example:
     dense: np.ndarray  # (candidates, len(DENSE_NAMES))
     label: int
     char: str
+    weight: float = 1.0  # of its loss term: CPP dev sentences count more than g2pL's (--dev-weight)
 
 
 def read_pairs(prefix: str) -> list[tuple[str, int, str]]:
@@ -109,7 +121,7 @@ def extract(pairs: list[tuple[str, int, str]]) -> list[Raw]:
     return out
 
 
-def featurise(raws: list[Raw]) -> list[Example]:
+def featurise(raws: list[Raw], weight: float = 1.0) -> list[Example]:
     from tts_server.inference.frontend import polyphone
 
     out = []
@@ -120,7 +132,7 @@ def featurise(raws: list[Raw]) -> list[Example]:
                                            float(r.g_prob[top]))  # fmt: skip
         out.append(Example(polyphone.feature_keys(r.char, readings, feats),
                            polyphone.dense_features(readings, r.g_read, r.g_prob, r.pyp, r.plen),
-                           readings.index(r.label), r.char))  # fmt: skip
+                           readings.index(r.label), r.char, weight))  # fmt: skip
     return out
 
 
@@ -157,6 +169,7 @@ def tensors(examples: list[Example], mask: int, drop: tuple[str, ...] = ()) -> d
         "dense": torch.from_numpy(dense),
         "valid": torch.from_numpy(valid),
         "labels": torch.tensor([e.label for e in examples]),
+        "sample_weight": torch.tensor([e.weight for e in examples], dtype=torch.float32),
     }
 
 
@@ -166,7 +179,9 @@ def train(data: dict[str, object], size: int, l2: float, epochs: int) -> tuple[n
     from tts_server.inference.frontend import polyphone
 
     torch.manual_seed(0)
-    ids, weights, dense, valid, labels = (data[k] for k in ("ids", "weights", "dense", "valid", "labels"))
+    ids, weights, dense, valid, labels, sample_weight = (
+        data[k] for k in ("ids", "weights", "dense", "valid", "labels", "sample_weight")
+    )
     w_dense = torch.zeros(len(polyphone.DENSE_NAMES), requires_grad=True)
     table = torch.zeros(size, requires_grad=True)
     # Start from "trust g2pM": the shared weight on its log-probability.
@@ -177,7 +192,8 @@ def train(data: dict[str, object], size: int, l2: float, epochs: int) -> tuple[n
         opt.zero_grad()
         scores = dense @ w_dense + (table[ids] * weights).sum(-1)  # type: ignore[operator,index]
         scores = scores.masked_fill(~valid, float("-inf"))  # type: ignore[operator]
-        loss = torch.nn.functional.cross_entropy(scores, labels)  # type: ignore[arg-type]
+        loss = (torch.nn.functional.cross_entropy(scores, labels, reduction="none")  # type: ignore[arg-type]
+                * sample_weight).sum() / sample_weight.sum()  # type: ignore[attr-defined,operator]  # fmt: skip
         penalty = l2 * (table.pow(2).sum() + (w_dense - torch.eye(len(w_dense))[0]).pow(2).sum())
         (loss + penalty).backward()
         opt.step()
@@ -204,6 +220,53 @@ def accuracy(examples: list[Example], w_dense: np.ndarray, table: np.ndarray, dr
     return correct / len(examples)
 
 
+def _with_train_weights(examples: list[Example], size: int, drop: tuple[str, ...], l2: float,
+                        epochs: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    return train(tensors(examples, size - 1, drop), size, l2, epochs)
+
+
+def cross_validate(raw_train: list[Raw], pairs: list[tuple[str, int, str]], raw_held: list[Raw | None],
+                   args: argparse.Namespace, drop: tuple[str, ...]) -> dict[str, object]:  # fmt: skip
+    """Train on ``raw_train`` plus k-1 folds of the eval sentences and score the held-out fold, for each fold:
+    the reader's own choice (lexical, as CPP labels) and the frontend's reading as spoken (after the neutral-tone
+    lexicon and erhua), over every eval sentence of the fold, as ``bench/polyphone.py`` scores them."""
+    from bench.polyphone import Item, cv_folds, frontend_reader, lexical_reader, score
+    from tts_server.inference.frontend import polyphone
+
+    folds = cv_folds(pairs, args.cv, args.seed)
+    held_feats = [featurise([r])[0] if r is not None else None for r in raw_held]
+    spoken: list[float] = []
+    lexical: list[float] = []
+    sizes: list[int] = []
+    for k in range(args.cv):
+        fold_train = [r for r, f in zip(raw_held, folds, strict=True) if f != k and r is not None]
+        w_dense, table = _with_train_weights(featurise(raw_train) + featurise(fold_train, args.dev_weight),
+                                             1 << args.bits, drop, args.l2[0], args.epochs)  # fmt: skip
+        items = [Item(*p) for p, f in zip(pairs, folds, strict=True) if f == k]
+        polyphone.set_stack(polyphone.StackedReader(w_dense, table.astype(np.float16).astype(np.float32)))
+        try:
+            spoken.append(score(items, frontend_reader())[0])
+            lexical.append(score(items, lexical_reader())[0])
+        finally:
+            polyphone.set_stack(None)
+        feats = [e for e, f in zip(held_feats, folds, strict=True) if f == k and e is not None]
+        own = accuracy(feats, w_dense, table, drop)
+        sizes.append(len(items))
+        print(f"fold {k}: {len(items)} sentences, as spoken {spoken[-1] * 100:.2f}%, lexical {lexical[-1] * 100:.2f}%"
+              f" (reader on the {len(feats)} it decides: {own * 100:.2f}%)")  # fmt: skip
+    total = sum(sizes)
+    cv: dict[str, object] = {
+        "k": args.cv, "seed": args.seed, "sentences": sizes, "spoken": spoken, "lexical": lexical,
+        "spoken_mean": sum(a * n for a, n in zip(spoken, sizes, strict=True)) / total,
+        "lexical_mean": sum(a * n for a, n in zip(lexical, sizes, strict=True)) / total,
+        "hyper": {"l2": args.l2[0], "epochs": args.epochs, "bits": args.bits, "drop": list(drop),
+                  "dev_weight": args.dev_weight},
+    }  # fmt: skip
+    print(f"cross-validated ({args.cv} folds, sentence-weighted mean): as spoken {cv['spoken_mean']:.4%}, "
+          f"lexical {cv['lexical_mean']:.4%}")  # fmt: skip
+    return cv
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", action="append", required=True, help="PREFIX of PREFIX.sent / PREFIX.lb")
@@ -213,6 +276,21 @@ def main() -> None:
     parser.add_argument("--l2", type=float, nargs="+", default=[1e-5], help="L2 strengths to try (eval picks)")
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--drop", nargs="*", default=[], help="feature prefixes to leave out (D: per-char dense)")
+    parser.add_argument(
+        "--cv",
+        type=int,
+        default=0,
+        help="k: cross-validate on --eval with k folds, then train the "
+        "shipped model on --train plus all of --eval (hyper-parameters fixed: the first --l2)",
+    )
+    parser.add_argument(
+        "--dev-weight",
+        type=float,
+        default=1.0,
+        help="loss weight of an --eval sentence when "
+        "--cv trains on it (in-domain for CPP), relative to a --train sentence",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fold assignment")
     parser.add_argument("--cache", type=Path, help="pickle of the extracted examples (made if missing)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "src" / "tts_server"
                         / "inference" / "frontend" / "polyphone_stack.npz")  # fmt: skip
@@ -229,8 +307,20 @@ def main() -> None:
         raw_held = extract(read_pairs(args.eval)) if args.eval else []
         if args.cache is not None:
             args.cache.write_bytes(pickle.dumps((raw_train, raw_held)))
-    examples, held_out = featurise(raw_train), featurise(raw_held)
     drop = tuple(args.drop)
+    if args.cv:
+        if not args.eval:
+            raise SystemExit("--cv needs --eval (the CPP dev prefix)")
+        pairs = read_pairs(args.eval)
+        aligned = align(pairs, raw_held)
+        cv = cross_validate(raw_train, pairs, aligned, args, drop)
+        dev = featurise([r for r in aligned if r is not None], args.dev_weight)
+        w_dense, table = _with_train_weights(featurise(raw_train) + dev, 1 << args.bits, drop, args.l2[0],
+                                             args.epochs)  # fmt: skip
+        meta = {"trained_on": [*args.train, "CPP dev"], "cv": cv}
+        save(args.out, w_dense, table, meta)
+        return
+    examples, held_out = featurise(raw_train), featurise(raw_held)
     data = tensors(examples, (1 << args.bits) - 1, drop)
     best: tuple[float, np.ndarray, np.ndarray] | None = None
     for l2 in args.l2:
@@ -244,10 +334,33 @@ def main() -> None:
             best = (acc, w_dense, table)
     assert best is not None
     _acc, w_dense, table = best
+    save(args.out, w_dense, table, {"trained_on": list(args.train)})
+
+
+def save(out: Path, w_dense: np.ndarray, table: np.ndarray, meta: dict[str, object]) -> None:
+    import json
+
     print("dense weights:", dict(zip(__import__("tts_server.inference.frontend.polyphone", fromlist=["x"])
                                      .DENSE_NAMES, np.round(w_dense, 3), strict=True)))  # fmt: skip
-    np.savez_compressed(args.out, dense=w_dense.astype(np.float32), table=table.astype(np.float16))
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
+    np.savez_compressed(out, dense=w_dense.astype(np.float32), table=table.astype(np.float16),
+                        meta=np.array(json.dumps(meta)))  # fmt: skip
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+
+
+def align(pairs: list[tuple[str, int, str]], raws: list[Raw]) -> list[Raw | None]:
+    """The extracted example of each sentence (None where ``extract`` skipped it), matched in order."""
+    out: list[Raw | None] = []
+    it = iter(raws)
+    nxt = next(it, None)
+    for text, index, label in pairs:
+        if nxt is not None and nxt.char == text[index] and nxt.label == label and nxt.run in text:
+            out.append(nxt)
+            nxt = next(it, None)
+        else:
+            out.append(None)
+    if nxt is not None:
+        raise SystemExit("cached eval examples do not match --eval; drop the cache")
+    return out
 
 
 if __name__ == "__main__":
