@@ -11,7 +11,7 @@ long tail on top that grows with the variety of requests rather than with the lo
 - Between two jobs of a busy worker (no idle trim) glibc's defaults still shrink the heap's top whenever more than
   twice the largest freed mmapped block lies free there, so each vocoder pass grows it again on fresh zeroed pages
   (5,000-15,000 page faults per 4 s sentence). ``keep_heap_pages`` serves blocks up to 32 MiB from the heap and
-  leaves shrinking to ``malloc_trim``: no page faults from the second job on, the vocoder 1.02-1.04x faster
+  leaves shrinking to ``malloc_trim``: no page faults from the second job on, the vocoder 1.01-1.07x faster
   (min over runs, thread CPU time, ``bench/engine.py``), the same peak RSS; the idle trim still returns the pages.
 - oneDNN caches one compiled primitive per distinct convolution shape, and sequence lengths make most shapes
   distinct (≈ 0.7 MiB each, ≈ 45 per sentence length). The capacity is read from the environment when torch
