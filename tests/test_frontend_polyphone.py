@@ -11,7 +11,7 @@ from importlib.resources import files
 
 import pytest
 
-from bench.polyphone import evaluate, load_tsv
+from bench.polyphone import Item, cv_folds, evaluate, frontend_reader, lexical_reader, load_tsv
 from tts_server.inference.frontend import Frontend, polyphone
 
 
@@ -118,3 +118,25 @@ def test_shipped_stack_states_what_it_was_trained_on() -> None:
         assert len(cv["spoken"]) == len(cv["lexical"]) == cv["k"] >= 2
         assert 0.5 < cv["spoken_mean"] <= 1.0
         assert 0.5 < cv["lexical_mean"] <= 1.0
+
+
+def test_cv_folds_are_seeded_stratified_and_keep_duplicates_together() -> None:
+    items = [(f"{c}句子{i}", 0, "x") for c in "长行乐" for i in range(7)] + [("长句子0", 0, "x")]
+    folds = cv_folds(items, 5, seed=3)
+    assert folds == cv_folds(items, 5, seed=3)
+    assert folds != cv_folds(items, 5, seed=4)
+    assert folds[-1] == folds[0]  # a repeated sentence is held out with its first copy
+    for char in "长行乐":
+        per_fold = [sum(1 for it, f in zip(items[:-1], folds, strict=False) if it[0][0] == char and f == k)
+                    for k in range(5)]  # fmt: skip
+        assert max(per_fold) - min(per_fold) <= 1, (char, per_fold)
+    sizes = [folds[:-1].count(k) for k in range(5)]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_lexical_reading_is_before_the_neutral_tone_lexicon(model_restored: None) -> None:
+    # CPP labels citation tones (衣服 fu2); the frontend speaks the neutral tone.
+    text = "他买了一件新衣服。"
+    item = Item(text, text.index("服"), "fu2")
+    assert lexical_reader()(item) == "fu2"
+    assert frontend_reader()(item) == "fu5"
