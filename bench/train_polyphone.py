@@ -27,10 +27,12 @@ reading) weights of the context: characters at -3..+3, the bigrams around it, th
 it, pypinyin's reading and g2pM's confidence bucket. Full-batch Adam on the softmax over each character's
 readings with an L2 penalty (torch here; inference is numpy only).
 
-Measured (5-fold CV on CPP dev, seed 0; as spoken / lexical): shipped settings 97.38% / 97.80%; the g2pL-only
-model before it 96.98% / 97.38%. Tried and not kept (each would have been chosen on these same folds): a
-context-free (character, reading) bias feature, 97.33% / 97.75%; ``--dev-weight 3``, folds 0-2 within one
-sentence of the shipped settings (stopped there).
+Measured (5-fold CV on CPP dev, seed 0; as spoken / lexical), with the frontend keeping the reading of every
+multi-character pypinyin phrase (as shipped): 96.86% / 97.27%; when the reader also overruled phrases, 97.38% /
+97.80% on CPP dev but worse on running text (tests/data/polyphones.tsv 86.0% against 87.6%). The g2pL-only model
+before it, reader overruling phrases: 96.98% / 97.38%. Tried and not kept (each would have been chosen on these
+same folds; reader overruling phrases): a context-free (character, reading) bias feature, 97.33% / 97.75%;
+``--dev-weight 3``, folds 0-2 within one sentence of the shipped settings (stopped there).
 """
 
 from __future__ import annotations

@@ -16,9 +16,13 @@ from tts_server.inference.frontend import Frontend, polyphone
 
 
 @pytest.fixture
-def model_restored() -> Iterator[None]:
+def model_restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
+    # A test's broken loader must be gone before the real model is loaded again: otherwise the process keeps the
+    # "failed" state and every later test reads polyphones as plain pypinyin (which hid a reading regression).
+    monkeypatch.undo()
     polyphone.set_enabled(True)
+    assert polyphone.active() is not None
 
 
 @pytest.fixture(scope="module")
