@@ -14,6 +14,7 @@ import os
 import random
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -569,8 +570,12 @@ async def test_soak_steady_load(tmp_path: Path) -> None:
         assert sum(restarts.values()) == 0
         assert set(rss1) == set(rss0), "a worker was replaced during the soak"
         assert max(growth.values()) < 0.05
-        # Pipes, files and the like: the second half never needs more than the first.
-        assert fds1 <= fds0
+        # Pipes, files and the like: the second half never needs more than the first. A sample can catch a
+        # descriptor that lives only for a moment (one CI run saw 14 against 13 after 882 requests), so the
+        # second half's typical count is held to the first half's peak, and its own peak to one more; a leak of one
+        # descriptor per hundred requests would still add ~4 over the second half.
+        assert statistics.median(h[1] for h in second) <= fds0
+        assert fds1 <= fds0 + 1
         # Threads: the pool's and asyncio's executors grow lazily to fixed caps (6 each with 2 workers on 2 cores)
         # when bursts overlap, so one or two may appear late; a leak grows with the request count instead.
         assert threads1 <= threads0 + 2
