@@ -16,6 +16,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tts_server.inference.frontend.pinyin import Segmenter
 
 MARK = "\u2581"
 IN_REPO_SET = Path(__file__).resolve().parent.parent / "tests" / "data" / "polyphones.tsv"
@@ -76,6 +80,20 @@ def pypinyin_reader() -> Callable[[Item], str]:
     return read
 
 
+def _word_at(segmenter: Segmenter, item: Item) -> tuple[str, int, str, int] | None:
+    """The CJK run holding the polyphone, the polyphone's index in it, the jieba word of the run holding it and the
+    word's offset in the run; ``None`` if the polyphone is in no run."""
+    for start, run in _runs(item.text):
+        if not start <= item.index < start + len(run):
+            continue
+        at, offset = item.index - start, 0
+        for word in segmenter.words(run):
+            if offset <= at < offset + len(word):
+                return run, at, word, offset
+            offset += len(word)
+    return None
+
+
 def frontend_reader() -> Callable[[Item], str]:
     """Our frontend's lexical reading (jieba words, pypinyin phrases, polyphone model when it is enabled)."""
     from tts_server.inference.frontend.pinyin import Segmenter, word_reading
@@ -83,19 +101,17 @@ def frontend_reader() -> Callable[[Item], str]:
     segmenter = Segmenter()
 
     def read(item: Item) -> str:
-        for start, run in _runs(item.text):
-            if not start <= item.index < start + len(run):
-                continue
-            offset = 0
-            for word in segmenter.words(run):
-                syllables, chars = word_reading(word, run, offset)
-                pos = offset
-                for syl, ch in zip(syllables, chars, strict=True):
-                    pos = run.index(ch, pos)
-                    if pos <= item.index - start < pos + len(ch):
-                        return str(syl) if len(ch) == 1 else f"{syl}(erhua)"
-                    pos += len(ch)
-                offset += len(word)
+        found = _word_at(segmenter, item)
+        if found is None:
+            return ""
+        run, at, word, offset = found
+        syllables, chars = word_reading(word, run, offset)
+        pos = offset
+        for syl, ch in zip(syllables, chars, strict=True):
+            pos = run.index(ch, pos)
+            if pos <= at < pos + len(ch):
+                return str(syl) if len(ch) == 1 else f"{syl}(erhua)"
+            pos += len(ch)
         return ""
 
     return read
@@ -111,16 +127,12 @@ def lexical_reader() -> Callable[[Item], str]:
     segmenter = Segmenter()
 
     def read(item: Item) -> str:
-        for start, run in _runs(item.text):
-            if not start <= item.index < start + len(run):
-                continue
-            offset = 0
-            for word in segmenter.words(run):
-                if offset <= item.index - start < offset + len(word):
-                    pys = polyphone.refine(word, _raw_pinyin(word), run, offset)
-                    return pys[item.index - start - offset] if len(pys) == len(word) else ""
-                offset += len(word)
-        return ""
+        found = _word_at(segmenter, item)
+        if found is None:
+            return ""
+        run, at, word, offset = found
+        pys = polyphone.refine(word, _raw_pinyin(word), run, offset)
+        return pys[at - offset] if len(pys) == len(word) else ""
 
     return read
 
