@@ -5,7 +5,7 @@ measured three times: when ready, after a run of distinct everyday sentences, an
 time per second of audio over the same requests shows what a smaller oneDNN primitive cache costs in recompilation.
 RSS counts shared pages (torch's libraries) in every process; USS is what a process alone holds, PSS its fair share.
 
-    python bench/memory.py                # defaults vs no memory release, a 1024-entry oneDNN cache, direct conv
+    python bench/memory.py                # defaults vs one-pass vocoding, no memory release, direct conv
     python bench/memory.py --requests 24
 """
 
@@ -26,18 +26,25 @@ from harness import PARITY_MODEL, SENTENCES, sambert_choice, tts_server
 
 MiB = 1024 * 1024
 
-#: name -> [pool] settings. "before" is a worker as it was before the memory settings (no allocator calls, torch's
-#: oneDNN cache); "cache 1024" is torch's own cache size alone (the default until it was found to grow ~25 MiB per
-#: sentence length).
+#: name -> [pool] settings. "one pass" runs the vocoder over each sentence at once (``model.vocoder_chunk_frames =
+#: 0``, the engine before fixed-size pieces) with the 64-entry oneDNN cache that was the default then, or with
+#: torch's own 1024; "before" is a worker as it was before the memory settings (no allocator calls, torch's cache,
+#: one pass).
 CONFIGS: dict[str, dict[str, Any]] = {
     "default": {},
-    "cache 1024": {"onednn_primitive_cache": 1024},
+    "one pass 64": {"onednn_primitive_cache": 64},
+    "one pass 1024": {"onednn_primitive_cache": 1024},
     "before": {"release_memory": False, "onednn_primitive_cache": 1024},
     "direct conv": {},
 }
 #: name -> [model] settings on top of the parity model's: the vocoder's fast convolutions keep their transformed
 #: kernels (``model.vocoder_fast_conv``), so "direct conv" shows what they cost in memory.
-MODEL_EXTRA: dict[str, dict[str, Any]] = {"direct conv": {"vocoder_fast_conv": False}}
+MODEL_EXTRA: dict[str, dict[str, Any]] = {
+    "one pass 64": {"vocoder_chunk_frames": 0},
+    "one pass 1024": {"vocoder_chunk_frames": 0},
+    "before": {"vocoder_chunk_frames": 0},
+    "direct conv": {"vocoder_fast_conv": False},
+}
 
 _EXTRA = ("请注意，本次列车的终点站是北京南站，", "下一站是天津，", "需要换乘的旅客请提前做好准备。")
 LONG_TEXT = "".join(SENTENCES) * 4  # about 300 characters, several sentences of distinct lengths
@@ -130,12 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     print("\nWorker CPU seconds per second of audio over the distinct sentences (lower is better):")
     for res in results:
         ratio = f"  ({res['cpu_per_audio_s'] / base['cpu_per_audio_s']:.2f}x 'before')" if base else ""
-        print(f"  {res['name']:<10} {res['cpu_per_audio_s']:.3f}{ratio}")
+        print(f"  {res['name']:<14} {res['cpu_per_audio_s']:.3f}{ratio}")
     if base:
         print("\nWorker RSS after the long request, ratio to 'before':")
         for res in results:
             ratio = max(w.rss for w in res["after long"].workers) / max(w.rss for w in base["after long"].workers)
-            print(f"  {res['name']:<10} {ratio:.2f}x")
+            print(f"  {res['name']:<14} {ratio:.2f}x")
     return 0
 
 

@@ -101,13 +101,14 @@ class PoolSettings(_Section):
     #: Return freed memory to the system after warm-up and whenever a worker goes idle (glibc only): keeps a
     #: worker's resident memory near its working set instead of its high-water mark. Costs a few ms per idle moment.
     release_memory: bool = True
-    #: oneDNN primitive cache entries per worker. Each distinct sentence length compiles its own convolution
-    #: primitives (about 45 per sentence on a full-size voice, ~0.7 MiB each: the vocoder's run over tens of
-    #: thousands of samples), so with torch's default of 1024 a worker grew by ~25 MiB per distinct length, towards
-    #: ~0.7 GB. 64 bounds that at ~+20-30 MiB after traffic; recompiling costs ~3% more CPU on distinct sentences
-    #: (oneDNN's own creation profile; 128 and 32 measured the same within noise) and left the first streamed chunk
-    #: unchanged (``bench/memory.py``, docs/capacity.md).
-    onednn_primitive_cache: int = Field(64, ge=0)
+    #: oneDNN primitive cache entries per worker. oneDNN compiles a primitive per convolution and input shape. The
+    #: vocoder runs in fixed-size pieces (``model.vocoder_chunk_frames``), so its ~150 primitives (four piece
+    #: lengths of ~37 each) serve every sentence once compiled; 256 holds them and the acoustic model's ~9 per new
+    #: sentence length (its LSTM and FSMN convolutions), which age out. With the vocoder run in one pass per
+    #: sentence (``vocoder_chunk_frames = 0``) every new sentence length compiles ~40 more: a large cache then
+    #: grows a worker by ~25 MiB per distinct length and a small one recompiles (docs/capacity.md,
+    #: ``bench/vocoder_chunks.py``).
+    onednn_primitive_cache: int = Field(256, ge=0)
 
 
 class ModelSettings(_Section):
@@ -130,6 +131,12 @@ class ModelSettings(_Section):
     #: direct (parity with the reference unchanged, ~1e-6). Costs ~44 MiB per full-size voice (the kernels
     #: transformed for the DFT products), not kept when torch_threads > 1.
     vocoder_fast_conv: bool = True
+    #: Vocode each sentence in pieces of this many mel frames carrying the causal state (same audio within float
+    #: rounding), its last piece padded to a multiple of a quarter of it: every convolution then sees one of four
+    #: input lengths, so oneDNN's compiled primitives are reused across sentences and the working set stays a
+    #: piece's whatever the sentence's length. 0: one pass per sentence (new primitives for every new length,
+    #: activations growing with the longest sentence). Non-causal and NSF vocoders always run in one pass.
+    vocoder_chunk_frames: int = Field(128, ge=0, le=100_000)
 
     @field_validator("model_dir", "download_dir")
     @classmethod

@@ -635,6 +635,8 @@ def load_sambert_engine(settings: Settings) -> SambertEngine:
         # Unused with more threads (the convolutions run direct there): do not keep their transformed kernels.
         for voice in voices:
             voice.vocoder.use_fast_conv(False)
+    for voice in voices:
+        voice.vocoder.set_chunk_frames(cfg.vocoder_chunk_frames)
     if cfg.vocoder_precision == "bf16":
         for voice in voices:
             if not voice.vocoder.use_bfloat16():

@@ -205,6 +205,7 @@ class HifiGanGenerator(nn.Module):
         self._blocks: list[ResidualBlock] = list(self.conv_blocks)  # type: ignore[arg-type]
         self._fused_up: list[tuple[Tensor, Tensor]] | None = None
         self._nwc: _NwcPlan | None = None
+        self.chunk_frames = VOCODER_CHUNK_FRAMES
 
     def prepare(self) -> None:
         """Derive the fast inference layout from the loaded weights (call after loading).
@@ -267,11 +268,43 @@ class HifiGanGenerator(nn.Module):
             return None
         return VocoderStream(self._nwc)
 
+    def set_chunk_frames(self, frames: int) -> None:
+        """Vocode a sentence in pieces of ``frames`` mel frames carrying the causal state (0: in one pass); see
+        ``forward``."""
+        if frames < 0:
+            raise ValueError(f"chunk frames must be >= 0, got {frames}")
+        self.chunk_frames = frames
+
     def forward(self, mel: Tensor) -> Tensor:
-        """``mel``: [frames, in_channels] -> waveform [frames * hop]."""
-        if self._nwc is not None:
+        """``mel``: [frames, in_channels] -> waveform [frames * hop].
+
+        The causal generator runs in pieces of ``chunk_frames`` (a ``VocoderStream``; the result equals one pass up
+        to float rounding), the last piece padded with zero frames to a multiple of ``chunk_frames // 4`` and its
+        samples past the sentence dropped (causal: padding after the end changes nothing before it). So every
+        convolution sees one of four input lengths whatever the sentence's: oneDNN compiles each convolution's
+        primitive per input shape, and over one pass per sentence a worker compiled ~40 new primitives for every
+        new sentence length (~20 ms of CPU, and memory growing with its cache), while its activations grew with the
+        longest sentence (+0.5 GiB at 500 frames). In pieces, the primitives stay cached, the working set is a
+        piece's, and the vocoder measured ~1.15x less CPU per audio second (``bench/vocoder_chunks.py``).
+        """
+        if self._nwc is None:
+            return self._generate(mel.t().unsqueeze(0), None)
+        chunk = self.chunk_frames
+        frames = mel.shape[0]
+        if not chunk or frames == 0:
             return self._nwc.run(mel)
-        return self._generate(mel.t().unsqueeze(0), None)
+        step = max(1, chunk // VOCODER_TAIL_STEPS)
+        hop = self.cfg.hop_length
+        stream = VocoderStream(self._nwc)
+        out = mel.new_empty(frames * hop, dtype=torch.float32)
+        for start in range(0, frames, chunk):
+            piece = mel[start : start + chunk]
+            n = piece.shape[0]
+            padded = min(chunk, -(-n // step) * step)
+            if padded > n:
+                piece = torch.cat([piece, piece.new_zeros(padded - n, piece.shape[1])])
+            out[start * hop : (start + n) * hop] = stream.push(piece)[: n * hop]
+        return out
 
     def _generate(self, feats: Tensor, excitation: Callable[[int], Tensor] | None) -> Tensor:
         """[1, in_channels, frames] -> waveform; an NSF generator adds ``excitation(stage)`` (its source signal
@@ -324,6 +357,11 @@ FAST_CONV: dict[int, tuple[tuple[int, Algorithm], ...]] = {
     11: ((32, Algorithm("fourier", 32)),),
 }
 FAST_CONV_MIN_T = 512
+#: ``HifiGanGenerator.forward``'s piece length in mel frames (1.6 s at 16 kHz): measured against 64 and 96 (more
+#: per-piece overhead) and 192-256 (more primitives and memory) in ``bench/vocoder_chunks.py``.
+VOCODER_CHUNK_FRAMES = 128
+#: The last piece is padded to a multiple of ``chunk_frames // VOCODER_TAIL_STEPS`` frames.
+VOCODER_TAIL_STEPS = 4
 FAST_CONV_MAX_THREADS = 1
 
 
@@ -372,6 +410,14 @@ def _activate(x: Tensor, slope: float | None, own: bool) -> Tensor:
     return F.leaky_relu_(x, slope) if own else F.leaky_relu(x, slope)
 
 
+def _activate_into(rows: Tensor, slope: float | None, out: Tensor) -> None:
+    """``out`` [T, C] = leaky ReLU of ``rows`` (a copy without a slope)."""
+    if slope is None:
+        out.copy_(rows)
+    else:
+        torch.ops.aten.leaky_relu.out(rows, slope, out=out)
+
+
 def _fast_input(x: Tensor, slope: float | None, left: int, fast: BilinearConv, past: Tensor | None) -> Tensor:
     """The fast algorithm's input rows for the [1, C, 1, T] signal ``x``: ``left`` rows of causal past (``past``
     [left, C], or zeros), the activated signal, zeros to the end of the last tile. The activation writes straight
@@ -384,11 +430,7 @@ def _fast_input(x: Tensor, slope: float | None, left: int, fast: BilinearConv, p
     else:
         buf[:left].copy_(past)
     buf[left + t :].zero_()
-    body = buf[left : left + t]
-    if slope is None:
-        body.copy_(rows)
-    else:
-        torch.ops.aten.leaky_relu.out(rows, slope, out=body)
+    _activate_into(rows, slope, buf[left : left + t])
     return buf
 
 
@@ -532,12 +574,17 @@ class VocoderStream:
             buf = _fast_input(x, slope, left, fast, None if past is None else _rows(past))
             out = _nwc(fast(buf, t))
             seen = buf[: left + t]
+        elif past is None:
+            out = F.conv2d(_activate(x, slope, own), weight, bias, dilation=(1, dilation))
         else:
-            xa = _activate(x, slope, own)
-            if past is not None:
-                xa = torch.cat([past, xa], dim=-1)
-            out = F.conv2d(xa, weight, bias, dilation=(1, dilation))
-            seen = _rows(xa)
+            # The past and the activated chunk side by side in one buffer, written once (no separate activation
+            # and concatenation passes); channels-last, which keeps oneDNN's convolution (a concatenated 80-channel
+            # mel was not, and fell back to torch's slow one).
+            rows = _rows(x)
+            seen = rows.new_empty(left + t, rows.shape[1])
+            seen[:left].copy_(_rows(past))
+            _activate_into(rows, slope, seen[left:])
+            out = F.conv2d(_nwc(seen), weight, bias, dilation=(1, dilation))
         if past is not None:
             self._caches[i] = _nwc(seen[seen.shape[0] - left :].clone(memory_format=torch.contiguous_format))
         return out
