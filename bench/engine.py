@@ -12,6 +12,8 @@ engines take turns run by run, so a busy machine's background load weighs on all
 
 Vocoder variants (``--vocoder-precision``): ``fp32`` (the default engine: fast convolutions where they win,
 ``model.vocoder_fast_conv``), ``fp32-direct`` (direct convolution everywhere, the implementation before issue 12),
+``fp32-one-pass`` (each sentence vocoded in one pass, not in fixed-size pieces: ``model.vocoder_chunk_frames = 0``;
+this process keeps torch's 1024-entry oneDNN cache and repeats one sentence, so one pass recompiles nothing here),
 ``bf16``. With both fp32 variants a closing table gives the ratio direct / fast for the vocoder and the whole
 synthesis, and both RTFs, per thread count. First (unless ``--no-layers``) the per-layer table of
 ``bench/vocoder_layers.py``: every distinct convolution shape of the vocoder on the case, direct against each fast
@@ -78,9 +80,10 @@ def _load(model_dir: Path, threads: int, precision: str) -> SambertEngine:
     from tts_server.inference.sambert.engine import load_sambert_engine
 
     t0 = time.perf_counter()
+    one_pass = {"vocoder_chunk_frames": 0} if precision.endswith("-one-pass") else {}
     engine = load_sambert_engine(load_settings(model={
-        "model_dir": str(model_dir), "torch_threads": threads, "vocoder_precision": precision.removesuffix("-direct"),
-        "vocoder_fast_conv": not precision.endswith("-direct"),
+        "model_dir": str(model_dir), "torch_threads": threads, "vocoder_precision": precision.split("-")[0],
+        "vocoder_fast_conv": not precision.endswith("-direct"), **one_pass,
     }))
     print(f"loaded {model_dir} (vocoder {precision}) in {time.perf_counter() - t0:.2f} s")
     return engine
@@ -225,9 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         default="median",
         help="per-stage statistic over the repeats (min is the better estimate on a shared, busy machine)",
     )
-    parser.add_argument("--vocoder-precision", nargs="+", choices=("fp32", "fp32-direct", "bf16"),
+    parser.add_argument("--vocoder-precision", nargs="+", choices=("fp32", "fp32-direct", "fp32-one-pass", "bf16"),
                         default=["fp32", "fp32-direct", "bf16"],
-                        help="vocoder variants to measure side by side (fp32-direct: model.vocoder_fast_conv off)")
+                        help="vocoder variants to measure side by side (fp32-direct: model.vocoder_fast_conv off; "
+                             "fp32-one-pass: each sentence vocoded in one pass, model.vocoder_chunk_frames = 0)")
     parser.add_argument("--no-layers", action="store_true", help="skip the per-layer convolution table")
     args = parser.parse_args(argv)
     if not args.model_dir.is_dir():
