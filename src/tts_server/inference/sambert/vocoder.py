@@ -284,8 +284,9 @@ class HifiGanGenerator(nn.Module):
         convolution sees one of four input lengths whatever the sentence's: oneDNN compiles each convolution's
         primitive per input shape, and over one pass per sentence a worker compiled ~40 new primitives for every
         new sentence length (~20 ms of CPU, and memory growing with its cache), while its activations grew with the
-        longest sentence (+0.5 GiB at 500 frames). In pieces, the primitives stay cached, the working set is a
-        piece's, and the vocoder measured ~1.15x less CPU per audio second (``bench/vocoder_chunks.py``).
+        longest sentence (+0.5 GiB at 500 frames). In pieces, the primitives stay cached and the working set is a
+        piece's; the pieces themselves cost 1-5% more CPU than one pass whose primitives are all cached (measured
+        interleaved per sentence), about what one pass spends compiling (``bench/vocoder_chunks.py``).
         """
         if self._nwc is None:
             return self._generate(mel.t().unsqueeze(0), None)
@@ -360,7 +361,9 @@ FAST_CONV_MIN_T = 512
 #: ``HifiGanGenerator.forward``'s piece length in mel frames (1.6 s at 16 kHz): measured against 64 and 96 (more
 #: per-piece overhead) and 192-256 (more primitives and memory) in ``bench/vocoder_chunks.py``.
 VOCODER_CHUNK_FRAMES = 128
-#: The last piece is padded to a multiple of ``chunk_frames // VOCODER_TAIL_STEPS`` frames.
+#: The last piece is padded to a multiple of ``chunk_frames // VOCODER_TAIL_STEPS`` frames. Cutting the rest into
+#: halvings of a piece instead (64 + 32 + 16 + 8, at most 7 frames of padding) measured slower: 164.7 against 158.2
+#: ms CPU per audio second (one pass: 156.2), interleaved over 60 random lengths, every primitive cached.
 VOCODER_TAIL_STEPS = 4
 FAST_CONV_MAX_THREADS = 1
 
