@@ -36,6 +36,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "one pass 1024": {"onednn_primitive_cache": 1024},
     "before": {"release_memory": False, "onednn_primitive_cache": 1024},
     "direct conv": {},
+    "cache 256": {"onednn_primitive_cache": 256},
+    "cache 64": {"onednn_primitive_cache": 64},
 }
 #: name -> [model] settings on top of the parity model's: the vocoder's fast convolutions keep their transformed
 #: kernels (``model.vocoder_fast_conv``), so "direct conv" shows what they cost in memory.

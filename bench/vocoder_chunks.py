@@ -27,7 +27,8 @@ from harness import PARITY_MODEL
 #: name -> (model.vocoder_chunk_frames, pool.onednn_primitive_cache). "one pass, 64" was the default before pieces;
 #: 1024 is torch's own cache size.
 CONFIGS: dict[str, tuple[int, int]] = {
-    "pieces of 128 (default), 256": (128, 256),
+    "pieces of 128 (default), 128": (128, 128),
+    "pieces of 128, 256": (128, 256),
     "one pass, 64": (0, 64),
     "one pass, 1024": (0, 1024),
 }

@@ -102,13 +102,14 @@ class PoolSettings(_Section):
     #: worker's resident memory near its working set instead of its high-water mark. Costs a few ms per idle moment.
     release_memory: bool = True
     #: oneDNN primitive cache entries per worker. oneDNN compiles a primitive per convolution and input shape. The
-    #: vocoder runs in fixed-size pieces (``model.vocoder_chunk_frames``), so its ~150 primitives (four piece
-    #: lengths of ~37 each) serve every sentence once compiled; 256 holds them and the acoustic model's ~9 per new
-    #: sentence length (its LSTM and FSMN convolutions), which age out. With the vocoder run in one pass per
+    #: vocoder runs in fixed-size pieces (``model.vocoder_chunk_frames``), so ~150 primitives (four piece lengths
+    #: of ~37 each) serve every sentence, plus the acoustic model's ~9 per new sentence length (its LSTM and FSMN
+    #: convolutions). Over 40 sentences of random length: 128 entries spent 0.4 s compiling (1.3% of the CPU) at
+    #: 491 MiB, 256 entries 0.16 s at 516 MiB, 64 entries 0.75 s at 481 MiB. With the vocoder run in one pass per
     #: sentence (``vocoder_chunk_frames = 0``) every new sentence length compiles ~40 more: a large cache then
     #: grows a worker by ~25 MiB per distinct length and a small one recompiles (docs/capacity.md,
     #: ``bench/vocoder_chunks.py``).
-    onednn_primitive_cache: int = Field(256, ge=0)
+    onednn_primitive_cache: int = Field(128, ge=0)
 
 
 class ModelSettings(_Section):
